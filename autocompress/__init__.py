@@ -1,0 +1,24 @@
+"""autocompress: an AutoML search engine for neural-network compression policies.
+
+Everything the CLI does is a plain Python call too::
+
+    from autocompress import load_study_spec, run_study
+    run = run_study(load_study_spec("studies/digits_cnn.yaml"))
+"""
+
+import logging as _logging
+
+# torch logs a CUDA_HOME warning when a CPU-only machine imports its extension helpers.
+_logging.getLogger("torch.utils.cpp_extension").setLevel(_logging.ERROR)
+
+from autocompress.config import StudySpec, load_study_spec
+from autocompress.errors import AutocompressError, ConfigError, TrialFailed
+from autocompress.policy import Policy
+from autocompress.space import SearchSpace, load_space
+from autocompress.study import run_study
+from autocompress.trial import TrialContext, TrialResult, run_trial
+
+__version__ = "0.1.0"
+
+__all__ = ["AutocompressError", "ConfigError", "Policy", "SearchSpace", "StudySpec", "TrialContext",
+           "TrialFailed", "TrialResult", "load_space", "load_study_spec", "run_study", "run_trial"]

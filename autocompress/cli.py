@@ -1,0 +1,158 @@
+"""The ``autocompress`` command: thin commands over library calls, one error boundary.
+
+Domain errors (bad study file, unknown study, unreachable storage) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from autocompress.errors import AutocompressError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Search compression policies (pruning, quantization, distillation) with Optuna.")
+console = Console(stderr=True)
+out_console = Console()
+
+
+def _setup_logging(verbose: int) -> None:
+    import optuna
+
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("autocompress").setLevel(level)
+    # Optuna logs every failed trial with a traceback at WARNING; we print one line per failure.
+    optuna.logging.set_verbosity(optuna.logging.ERROR if verbose == 0 else optuna.logging.INFO)
+    for noisy in ("nni", "nni.compression"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if verbose < 2 else logging.INFO)
+    if verbose == 0:
+        warnings.filterwarnings("ignore")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _guard(fn):  # the one error boundary
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AutocompressError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            console.print("\ninterrupted: the study is saved; run the same command to resume")
+            raise typer.Exit(code=130)
+
+    return wrapper
+
+
+VerboseOpt = typer.Option(0, "--verbose", "-v", count=True, help="More logs (-v info, -vv debug).")
+
+
+@app.command()
+@_guard
+def search(
+    study_file: Path = typer.Argument(..., help="Study definition (YAML): model, data, space, objectives."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<study name>)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: the study file's, "
+                                                     "else SQLite under the run directory)."),
+    trials: Optional[int] = typer.Option(None, min=1, help="Total trial budget (overrides budget.trials)."),
+    timeout: Optional[str] = typer.Option(None, help="Wall-time budget of this run, e.g. 20m (overrides budget.timeout)."),
+    verbose: int = VerboseOpt,
+) -> None:
+    """Run a study, or resume it: trials already finished count toward the budget."""
+    _setup_logging(verbose)
+    from autocompress.config import load_study_spec, parse_duration
+    from autocompress.errors import ConfigError
+    from autocompress.progress import SearchProgress
+    from autocompress.study import budget_used, optimize, prepare
+
+    spec = load_study_spec(study_file)
+    try:
+        timeout_s = parse_duration(timeout) if timeout else None
+    except ValueError as exc:
+        raise ConfigError(None, "--timeout", str(exc)) from None
+    say = (lambda m: console.print(m, highlight=False)) if True else None
+    run = prepare(spec, out=out, storage=storage, log=say)
+    budget = trials or spec.budget.trials
+    with SearchProgress(run, budget=budget, timeout=timeout_s or spec.budget.timeout, console=console) as bar:
+        optimize(run, n_trials=budget, timeout=timeout_s, on_trial_end=bar.on_trial_end)
+    _print_summary(run.study, spec.name)
+    out_console.print(f"results: {run.run_dir}  ({budget_used(run.study)} trials; "
+                      f"next: autocompress status {run.run_dir})", highlight=False)
+
+
+@app.command()
+@_guard
+def status(
+    study: str = typer.Argument(..., help="Study name (runs/<name>) or run directory."),
+    storage: Optional[str] = typer.Option(None, help="Storage URL, when the study is not in a local run directory."),
+    verbose: int = VerboseOpt,
+) -> None:
+    """Trials complete / running / failed / pruned, and the current Pareto front."""
+    _setup_logging(verbose)
+    from autocompress.report.front import state_counts
+    from autocompress.results import load_results
+
+    res = load_results(study, storage=storage)
+    counts = state_counts(res.study)
+    out_console.print(f"study {res.study.study_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+                      highlight=False)
+    failed = [t for t in res.study.get_trials(deepcopy=False) if t.user_attrs.get("fail_reason")]
+    for t in failed[-5:]:
+        out_console.print(f"  trial {t.number} failed: {t.user_attrs['fail_reason']}", highlight=False)
+    _print_summary(res.study, res.study.study_name)
+
+
+def _print_summary(study, name: str) -> None:
+    from autocompress.report.front import pareto_front, trial_row
+
+    front = pareto_front(study)
+    table = Table(title=f"Pareto front of {name} ({len(front.trials)} points; objectives: "
+                        + ", ".join(f"{d} {m}" for m, d in zip(front.metric_names, front.directions)) + ")")
+    cols = ["number", "policy", "accuracy", "accuracy_drop", "latency_ms", "size_mb", "flops", "params"]
+    heads = ["trial", "policy", "acc", "drop", "lat ms", "MB", "FLOPs", "params"]
+    for c, h in zip(cols, heads):
+        table.add_column(h, justify="left" if c == "policy" else "right", overflow="fold")
+    rows = list(front.trials)
+    if front.baseline is not None and front.baseline not in rows:
+        rows.insert(0, front.baseline)
+    for t in rows:
+        r = trial_row(t)
+        label = f"{r['number']}{'*' if r['state'] == 'BASELINE' else ''}"
+        table.add_row(label, r["policy"], *(_fmt(r[c]) for c in cols[2:]))
+    out_console.print(table)
+    if front.baseline is not None:
+        out_console.print("* baseline (the uncompressed model)", highlight=False)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if abs(v) >= 1e6:
+            return f"{v / 1e6:.2f}M"
+        if abs(v) >= 1e4:
+            return f"{v / 1e3:.1f}k"
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,190 @@
+"""The compression policy one trial applies: frozen dataclasses, one part per technique.
+
+A ``Policy`` comes out of one sample of the search space. It round-trips to flat
+``{"section.knob": value}`` params (what Optuna stores) and to YAML (what export writes).
+Each field's ``metadata["choices"]`` lists the valid values of a categorical knob; the
+search-space loader validates against them, so adding a field here adds a knob.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+import yaml
+
+
+def _choice(default: str, *choices: str, doc: str = "") -> Any:
+    return field(default=default, metadata={"choices": choices, "doc": doc})
+
+
+def _knob(default: Any, doc: str = "", **meta: Any) -> Any:
+    return field(default=default, metadata={"doc": doc, **meta})
+
+
+@dataclass(frozen=True)
+class PruningPolicy:
+    method: str = _choice("none", "none", "weight", "structured", "gradual",
+                          doc="weight: unstructured zeros; structured: channels removed; "
+                              "gradual: structured sparsity raised during fine-tuning")
+    criterion: str = _choice("l1", "l1", "l2", "fpgm", "taylor",
+                             doc="importance of a channel (structured/gradual) or weight")
+    ratio: float = _knob(0.5, "fraction of weights/channels removed", low=0.0, high=0.95)
+    scope: str = _choice("global", "global", "layer",
+                         doc="weight pruning: one global threshold or the ratio in every layer")
+    ratio_early: float = _knob(-1.0, "ratio for the first half of the prunable layers "
+                                     "(AMC-style per-group ratio; -1 = use ratio)", low=-1.0, high=0.95)
+    ratio_late: float = _knob(-1.0, "ratio for the second half of the prunable layers "
+                                    "(-1 = use ratio)", low=-1.0, high=0.95)
+    schedule: str = _choice("agp", "agp", "linear", doc="gradual: how sparsity rises over epochs")
+    protect: tuple[str, ...] = _knob((), "module names never pruned (first conv and classifier "
+                                         "are protected automatically)")
+
+
+@dataclass(frozen=True)
+class QuantizationPolicy:
+    mode: str = _choice("none", "none", "fp16", "bf16", "dynamic_int8", "static_int8", "qat_int8",
+                        doc="numeric format of the exported model")
+    calibration_batches: int = _knob(8, "static int8: training batches used to calibrate", low=1)
+    per_channel: bool = _knob(True, "per-channel weight scales for int8")
+
+
+@dataclass(frozen=True)
+class DistillationPolicy:
+    alpha: float = _knob(0.0, "weight of the soft-target loss (0 = no distillation)", low=0.0, high=1.0)
+    temperature: float = _knob(4.0, "softmax temperature of the soft targets", low=0.05)
+    feature_weight: float = _knob(0.0, "weight of the feature-map loss (0 = off)", low=0.0)
+    feature_layers: tuple[str, ...] = _knob((), "module names whose outputs are matched "
+                                                "(empty = the last feature block)")
+
+
+@dataclass(frozen=True)
+class TrainingPolicy:
+    optimizer: str = _choice("adamw", "sgd", "adam", "adamw", "rmsprop")
+    lr: float = _knob(1e-3, "initial learning rate", low=0.0)
+    weight_decay: float = _knob(0.0, "L2 weight decay", low=0.0)
+    momentum: float = _knob(0.9, "SGD/RMSprop momentum", low=0.0, high=1.0)
+    nesterov: bool = _knob(False, "SGD Nesterov momentum")
+    schedule: str = _choice("constant", "constant", "step", "exponential", "linear", "cosine",
+                            "cyclic", "onecycle")
+    warmup_epochs: float = _knob(0.0, "linear warm-up before the schedule", low=0.0)
+    step_size: int = _knob(1, "step schedule: epochs between decays", low=1)
+    gamma: float = _knob(0.5, "step/exponential schedule: decay factor", low=0.0, high=1.0)
+    cycle_epochs: float = _knob(1.0, "cyclic schedule: epochs per half cycle", low=0.0)
+    grad_clip: float = _knob(0.0, "max gradient norm (0 = off)", low=0.0)
+    label_smoothing: float = _knob(0.0, "label smoothing of the task loss", low=0.0, high=0.99)
+    dropout: float = _knob(0.0, "dropout inserted before the classifier", low=0.0, high=0.95)
+    batch_size: int = _knob(64, "fine-tune batch size", low=1)
+    amp: str = _choice("off", "off", "bf16", "fp16", doc="autocast during fine-tuning (CUDA)")
+
+
+@dataclass(frozen=True)
+class AugmentationPolicy:
+    policy: str = _choice("none", "none", "crop", "crop_flip", "rotate_scale", "color", "combined",
+                          "trivialaugment", "randaugment", "noise", "time_shift", "time_scale")
+    mix: str = _choice("none", "none", "mixup", "cutmix")
+    mix_alpha: float = _knob(0.2, "mixup/cutmix Beta(alpha, alpha)", low=0.0)
+    mix_prob: float = _knob(0.5, "probability of mixing a batch", low=0.0, high=1.0)
+
+
+@dataclass(frozen=True)
+class Policy:
+    pruning: PruningPolicy = field(default_factory=PruningPolicy)
+    quantization: QuantizationPolicy = field(default_factory=QuantizationPolicy)
+    distillation: DistillationPolicy = field(default_factory=DistillationPolicy)
+    training: TrainingPolicy = field(default_factory=TrainingPolicy)
+    augmentation: AugmentationPolicy = field(default_factory=AugmentationPolicy)
+
+    # -- flat params ---------------------------------------------------------------
+    def to_flat(self) -> dict[str, Any]:
+        """``{"pruning.method": "structured", ...}`` for every knob."""
+        out: dict[str, Any] = {}
+        for section in dataclasses.fields(self):
+            part = getattr(self, section.name)
+            for f in dataclasses.fields(part):
+                value = getattr(part, f.name)
+                out[f"{section.name}.{f.name}"] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_flat(cls, params: dict[str, Any]) -> "Policy":
+        """Build from flat params; knobs not given keep their defaults."""
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in params.items():
+            section, _, knob = key.partition(".")
+            nested.setdefault(section, {})[knob] = value
+        return cls.from_dict(nested)
+
+    # -- nested dicts / YAML -------------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in self.to_flat().items():
+            section, _, knob = key.partition(".")
+            nested.setdefault(section, {})[knob] = value
+        return nested
+
+    @classmethod
+    def from_dict(cls, nested: dict[str, dict[str, Any]]) -> "Policy":
+        sections = section_types()
+        unknown = set(nested) - set(sections)
+        if unknown:
+            raise ValueError(f"unknown policy section(s): {sorted(unknown)}")
+        parts = {}
+        for name, part_cls in sections.items():
+            values = dict(nested.get(name) or {})
+            knobs = knob_fields(part_cls)
+            bad = set(values) - set(knobs)
+            if bad:
+                raise ValueError(f"unknown knob(s) in {name}: {sorted(bad)}")
+            parts[name] = part_cls(**{k: coerce(knobs[k], v) for k, v in values.items()})
+        return cls(**parts)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "Policy":
+        return cls.from_dict(yaml.safe_load(text) or {})
+
+    def describe(self) -> str:
+        """One short human line: what this policy does."""
+        p, q, d = self.pruning, self.quantization, self.distillation
+        bits = []
+        if p.method != "none":
+            bits.append(f"{p.method} {p.criterion} {p.ratio:.0%}")
+        if q.mode != "none":
+            bits.append(q.mode)
+        if d.alpha > 0:
+            bits.append(f"KD a={d.alpha:.2f} T={d.temperature:.1f}")
+        if d.feature_weight > 0:
+            bits.append(f"feat-KD w={d.feature_weight:.2f}")
+        return " + ".join(bits) or "no compression"
+
+
+def section_types() -> dict[str, type]:
+    hints = get_type_hints(Policy)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Policy)}
+
+
+def knob_fields(part_cls: type) -> dict[str, dataclasses.Field]:
+    hints = get_type_hints(part_cls)
+    out = {}
+    for f in dataclasses.fields(part_cls):
+        f.type = hints[f.name]  # resolve postponed annotations once
+        out[f.name] = f
+    return out
+
+
+def coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Cast a YAML/Optuna value to the field's type (ints for floats, lists for tuples)."""
+    t = f.type
+    if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if t is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if str(t).startswith("tuple") and isinstance(value, (list, tuple)):
+        return tuple(value)
+    if str(t).startswith("tuple") and isinstance(value, str):
+        return (value,)
+    return value

@@ -1,0 +1,55 @@
+"""The live progress bar of a search: trials done / budget, elapsed, ETA, front size, best
+accuracy and latency so far."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from autocompress.report.front import pareto_front
+
+
+class SearchProgress:
+    def __init__(self, run, *, budget: int | None, timeout: float | None, console: Console) -> None:
+        from autocompress.study import budget_used
+
+        self.run = run
+        self.budget = budget
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+            console=console, transient=False,
+        )
+        self.done0 = budget_used(run.study)
+        self.task = self.progress.add_task("trials", total=budget, completed=self.done0,
+                                           info=self._info(run.study))
+
+    def __enter__(self) -> "SearchProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def _info(self, study: optuna.Study) -> str:
+        front = pareto_front(study)
+        accs = [t.user_attrs.get("metrics", {}).get("accuracy") for t in front.trials]
+        lats = [t.user_attrs.get("metrics", {}).get("latency_ms") for t in front.trials]
+        accs = [a for a in accs if a is not None]
+        lats = [v for v in lats if v is not None]
+        best = f" best acc {max(accs):.4f}" if accs else ""
+        fast = f" best latency {min(lats):.3f} ms" if lats else ""
+        return f"front {len(front.trials)}{best}{fast}"
+
+    def on_trial_end(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        from autocompress.study import budget_used
+
+        if trial.state.name == "FAIL" and trial.user_attrs.get("fail_reason"):
+            self.progress.console.print(f"trial {trial.number} failed: {trial.user_attrs['fail_reason']}",
+                                        highlight=False)
+        elif trial.state.name == "PRUNED":
+            reason = trial.user_attrs.get("prescreened") or trial.user_attrs.get("stopped_early") or ""
+            self.progress.console.print(f"trial {trial.number} pruned: {reason}", highlight=False)
+        self.progress.update(self.task, completed=budget_used(study), info=self._info(study))

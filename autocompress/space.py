@@ -1,0 +1,278 @@
+"""Search space: YAML knobs -> Optuna distributions -> a frozen ``Policy``.
+
+A space file has one section per policy part (``pruning``, ``quantization``, ...) and one
+entry per knob::
+
+    pruning:
+      method:    {choices: [none, weight, structured]}      # categorical
+      ratio:     {low: 0.1, high: 0.8, step: 0.05,           # float (int when the knob is int)
+                  when: {method: [weight, structured]}}      # only sampled when active
+    training:
+      lr:        {low: 1.0e-4, high: 0.1, log: true}
+      batch_size: 64                                         # a bare value is fixed
+
+``when`` names knobs declared earlier (``knob`` in the same section or ``section.knob``).
+Inactive knobs keep the policy's default value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from autocompress.errors import ConfigError, suggest
+from autocompress.policy import Policy, coerce, knob_fields, section_types
+
+_SPEC_KEYS = {"choices", "low", "high", "step", "log", "when", "value"}
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str                                  # "section.knob"
+    distribution: BaseDistribution | None      # None: fixed value
+    value: Any = None                          # the fixed value
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    def active(self, params: dict[str, Any]) -> bool:
+        return all(params.get(dep) in allowed for dep, allowed in self.when)
+
+
+class SearchSpace:
+    """An ordered list of knobs; ``sample(trial)`` gives a ``Policy``."""
+
+    def __init__(self, knobs: list[Knob]) -> None:
+        self.knobs = knobs
+
+    @property
+    def searched(self) -> list[Knob]:
+        return [k for k in self.knobs if k.distribution is not None]
+
+    def sample(self, trial: "optuna.Trial") -> Policy:
+        """Suggest every active knob on ``trial``; fixed knobs are applied silently."""
+        values: dict[str, Any] = {}
+        for knob in self.knobs:
+            if not knob.active(values):
+                continue
+            if knob.distribution is None:
+                values[knob.name] = knob.value
+            else:
+                values[knob.name] = _suggest(trial, knob.name, knob.distribution)
+        return Policy.from_flat(values)
+
+    def resolve(self, params: dict[str, Any]) -> Policy:
+        """The policy a trial with these Optuna params ran (fixed knobs added back)."""
+        values: dict[str, Any] = {}
+        for knob in self.knobs:
+            if not knob.active(values):
+                continue
+            values[knob.name] = knob.value if knob.distribution is None else params.get(knob.name)
+        return Policy.from_flat({k: v for k, v in values.items() if v is not None})
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        return {k.name: k.distribution for k in self.searched}
+
+    def fixed(self) -> dict[str, Any]:
+        return {k.name: k.value for k in self.knobs if k.distribution is None}
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The resolved space, in the file format (written next to the results)."""
+        out: dict[str, dict[str, Any]] = {}
+        for k in self.knobs:
+            section, _, name = k.name.partition(".")
+            d = k.distribution
+            if d is None:
+                spec: Any = list(k.value) if isinstance(k.value, tuple) else k.value
+            elif isinstance(d, CategoricalDistribution):
+                spec = {"choices": list(d.choices)}
+            else:
+                spec = {"low": d.low, "high": d.high}
+                if d.log:
+                    spec["log"] = True
+                if d.step is not None and not (isinstance(d, IntDistribution) and d.step == 1):
+                    spec["step"] = d.step
+            if k.when:
+                if not isinstance(spec, dict):
+                    spec = {"value": spec}
+                spec["when"] = {dep: list(vals) for dep, vals in k.when}
+            out.setdefault(section, {})[name] = spec
+        return out
+
+
+def _suggest(trial: "optuna.Trial", name: str, dist: BaseDistribution) -> Any:
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    assert isinstance(dist, FloatDistribution)
+    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
+def load_space(source: str | Path | dict, *, origin: str | None = None) -> SearchSpace:
+    """Load and validate a space from a YAML file path or an already-parsed mapping."""
+    if isinstance(source, dict):
+        raw, where = source, origin or "search_space"
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(where, None, "search space file not found")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(where, None, "not a text file (expected YAML)") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f"line {mark.line + 1}: " if mark else ""
+            raise ConfigError(where, None, f"{line}invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        raise ConfigError(where, None, "empty search space")
+    if not isinstance(raw, dict):
+        raise ConfigError(where, None, "expected a mapping of sections (pruning, quantization, ...)")
+    return parse_space(raw, where)
+
+
+def parse_space(raw: dict, where: str) -> SearchSpace:
+    sections = section_types()
+    knobs: list[Knob] = []
+    seen: dict[str, Knob] = {}
+    for section, entries in raw.items():
+        if section not in sections:
+            raise ConfigError(where, str(section), f"unknown section {suggest(section, list(sections))}")
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            raise ConfigError(where, section, "expected a mapping of knobs")
+        fields = knob_fields(sections[section])
+        for name, spec in entries.items():
+            path = f"{section}.{name}"
+            if name not in fields:
+                raise ConfigError(where, path, f"unknown knob {suggest(name, list(fields))}")
+            knob = _parse_knob(path, fields[name], spec, where, seen, section)
+            knobs.append(knob)
+            seen[path] = knob
+    return SearchSpace(knobs)
+
+
+def _parse_knob(path: str, f: dataclasses.Field, spec: Any, where: str,
+                seen: dict[str, Knob], section: str) -> Knob:
+    meta = f.metadata
+    choices_ok = meta.get("choices")
+    when: tuple = ()
+    if isinstance(spec, dict):
+        bad = set(spec) - _SPEC_KEYS
+        if bad:
+            raise ConfigError(where, f"{path}.{sorted(bad)[0]}",
+                              f"unknown key {suggest(sorted(bad)[0], sorted(_SPEC_KEYS))}")
+        when = _parse_when(path, spec.get("when"), where, seen, section)
+
+    def check_value(v: Any, field_path: str) -> Any:
+        v = coerce(f, v)
+        if choices_ok and v not in choices_ok:
+            raise ConfigError(where, field_path, f"invalid value {v!r} {suggest(v, choices_ok)}")
+        if not _type_ok(f.type, v):
+            raise ConfigError(where, field_path, f"expected {_type_name(f.type)}, got {v!r}")
+        lo, hi = meta.get("low"), meta.get("high")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if lo is not None and v < lo or hi is not None and v > hi:
+                raise ConfigError(where, field_path, f"{v!r} is outside the valid range "
+                                                     f"[{lo if lo is not None else '-inf'}, "
+                                                     f"{hi if hi is not None else 'inf'}]")
+        return v
+
+    if not isinstance(spec, dict) or set(spec) <= {"value", "when"}:
+        value = spec.get("value") if isinstance(spec, dict) else spec
+        if isinstance(spec, dict) and "value" not in spec:
+            raise ConfigError(where, path, "a knob with only 'when' needs 'value', 'choices' or low/high")
+        return Knob(path, None, check_value(value, path), when)
+
+    if "choices" in spec:
+        if {"low", "high", "step", "log"} & set(spec):
+            raise ConfigError(where, path, "give either 'choices' or 'low'/'high', not both")
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(where, f"{path}.choices", "expected a non-empty list")
+        checked = [check_value(c, f"{path}.choices[{i}]") for i, c in enumerate(choices)]
+        if any(isinstance(c, tuple) for c in checked):
+            raise ConfigError(where, f"{path}.choices", "list-valued knobs cannot be searched")
+        return Knob(path, CategoricalDistribution(checked), None, when)
+
+    missing = [k for k in ("low", "high") if k not in spec]
+    if missing:
+        raise ConfigError(where, path, f"missing '{missing[0]}' (a range needs low and high, "
+                                       "or use choices, or a bare value to fix it)")
+    if f.type not in (int, float):
+        raise ConfigError(where, path, f"a range needs a numeric knob; {path} is {_type_name(f.type)}"
+                                       + (f" {suggest('', choices_ok)}" if choices_ok else ""))
+    low = check_value(spec["low"], f"{path}.low")
+    high = check_value(spec["high"], f"{path}.high")
+    if low > high:
+        raise ConfigError(where, path, f"low ({low}) is greater than high ({high})")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(where, f"{path}.log", f"expected true or false, got {log!r}")
+    step = spec.get("step")
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0:
+            raise ConfigError(where, f"{path}.step", f"expected a positive number, got {step!r}")
+        if log:
+            raise ConfigError(where, path, "'step' and 'log' cannot be used together")
+    if log and low <= 0:
+        raise ConfigError(where, f"{path}.low", "a log range needs low > 0")
+    try:
+        if f.type is int:
+            dist: BaseDistribution = IntDistribution(int(low), int(high), log=log, step=int(step or 1))
+        else:
+            dist = FloatDistribution(float(low), float(high), log=log,
+                                     step=None if step is None else float(step))
+    except ValueError as exc:
+        raise ConfigError(where, path, str(exc)) from None
+    return Knob(path, dist, None, when)
+
+
+def _parse_when(path: str, when: Any, where: str, seen: dict[str, Knob], section: str) -> tuple:
+    if when is None:
+        return ()
+    if not isinstance(when, dict) or not when:
+        raise ConfigError(where, f"{path}.when", "expected a mapping {knob: [values]}")
+    out = []
+    for dep, allowed in when.items():
+        dep_name = dep if "." in str(dep) else f"{section}.{dep}"
+        if dep_name not in seen:
+            raise ConfigError(where, f"{path}.when.{dep}",
+                              "must name a knob declared earlier in the file "
+                              f"{suggest(dep_name, list(seen))}" if seen else
+                              "must name a knob declared earlier in the file")
+        if not isinstance(allowed, list):
+            allowed = [allowed]
+        out.append((dep_name, tuple(allowed)))
+    return tuple(out)
+
+
+def _type_ok(t: Any, v: Any) -> bool:
+    if t is bool:
+        return isinstance(v, bool)
+    if t is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if t is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if t is str:
+        return isinstance(v, str)
+    if str(t).startswith("tuple"):
+        return isinstance(v, tuple) and all(isinstance(x, str) for x in v)
+    return True
+
+
+def _type_name(t: Any) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+        t, "a list of strings")

@@ -1,0 +1,70 @@
+"""Where a study lives: the run directory and the Optuna storage.
+
+The default store is an SQLite file under ``runs/<name>/study.db`` (Optuna's RDB storage, so
+several local processes share it, heartbeats work, and ``optuna-dashboard sqlite:///...``
+opens it). Any SQLAlchemy URL (e.g. ``postgresql://user@host/db``) is accepted instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from autocompress.errors import AutocompressError, ConfigError
+from autocompress.utils import redact_url
+
+STUDY_FILE = "study.yaml"          # the resolved study spec, written when the study is created
+DB_FILE = "study.db"
+HEARTBEAT_S = 30
+GRACE_S = 90
+
+
+def default_run_dir(name: str) -> Path:
+    return Path("runs") / name
+
+
+def default_storage_url(run_dir: Path) -> str:
+    return f"sqlite:///{(run_dir / DB_FILE).resolve()}"
+
+
+def open_storage(url: str, *, heartbeat: bool = True, max_retry: int = 2) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats: a worker that dies has its trial failed after the grace
+    period and re-queued (up to ``max_retry`` times)."""
+    engine_kwargs = {}
+    if url.startswith("sqlite"):
+        # SQLite serializes writers; wait for the lock instead of failing at once.
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    kwargs = {}
+    if heartbeat:
+        kwargs = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S,
+                  "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise AutocompressError(f"storage {redact_url(url)}: cannot open ({redact_url(detail)})") from None
+
+
+def find_run_dir(name_or_dir: str) -> Path:
+    """A run directory from a study name (``runs/<name>``) or a path."""
+    p = Path(name_or_dir)
+    for candidate in (p, default_run_dir(name_or_dir)):
+        if (candidate / STUDY_FILE).is_file():
+            return candidate
+    raise ConfigError(None, None, f"no study '{name_or_dir}': neither {p}/{STUDY_FILE} nor "
+                                  f"{default_run_dir(name_or_dir)}/{STUDY_FILE} exists "
+                                  "(run 'autocompress search <study.yaml>' first, or pass --out)")
+
+
+def check_url(url: str, field: str, source: str | None) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise ConfigError(source, field, f"'{redact_url(url)}' is not a storage URL "
+                                         "(examples: sqlite:///path/study.db, postgresql://user@host/db)") from None

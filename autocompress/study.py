@@ -1,0 +1,306 @@
+"""The Optuna study: sampler, storage, baseline, budget, resume, one objective per trial.
+
+``run_study(spec)`` runs (or resumes) a study; running it again continues where it stopped.
+Every metric, the policy, the proof of compression and phase timings go into each trial's
+user attributes; a trial that breaks is recorded as FAIL with its reason and the study
+goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autocompress.baseline import prepare_baseline
+from autocompress.config import StudySpec, spec_to_yaml
+from autocompress.errors import AutocompressError, ConfigError, TrialFailed
+from autocompress.space import SearchSpace
+from autocompress.storage import STUDY_FILE, check_url, default_run_dir, default_storage_url, open_storage
+from autocompress.trial import Prescreened, TargetSettings, TrialContext, TrialResult, run_trial
+from autocompress.utils import atomic_write_text, redact_url, resolve_device, seed_everything
+from autocompress.zoo import build_data, build_model
+
+log = logging.getLogger("autocompress")
+
+# user attribute names (the report and export read them)
+ATTR_POLICY = "policy"
+ATTR_METRICS = "metrics"
+ATTR_BASELINE = "baseline"
+ATTR_REASON = "fail_reason"
+ATTR_INTERRUPTED = "interrupted"
+
+
+# -- sampler and constraints ---------------------------------------------------------------
+def constraints_func(spec: StudySpec) -> Callable[[FrozenTrial], list[float]] | None:
+    if not spec.constraints:
+        return None
+
+    def func(trial: FrozenTrial) -> list[float]:
+        metrics = trial.user_attrs.get(ATTR_METRICS, {})
+        # A metric not measured yet (pre-screened before training) cannot be judged: 0 = not violated.
+        return [c.violation(metrics[c.metric]) if c.metric in metrics else 0.0 for c in spec.constraints]
+
+    return func
+
+
+class _ConstrainedRandomSampler(optuna.samplers.RandomSampler):
+    """Random search that still records constraint values, so fronts and plots know feasibility."""
+
+    def __init__(self, seed: int, constraints: Callable | None) -> None:
+        super().__init__(seed=seed)
+        self._constraints = constraints
+
+    def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001
+        if self._constraints is not None:
+            from optuna.samplers._base import _process_constraints_after_trial
+
+            _process_constraints_after_trial(self._constraints, study, trial, state)
+        super().after_trial(study, trial, state, values)
+
+
+def make_sampler(spec: StudySpec, *, worker_offset: int = 0) -> optuna.samplers.BaseSampler:
+    seed = spec.seed + worker_offset
+    cons = constraints_func(spec)
+    if spec.sampler == "nsga2":
+        pop = max(4, min(20, (spec.budget.trials or 40) // 4))
+        return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed, constraints_func=cons)
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=cons, multivariate=True, group=True,
+                                          n_startup_trials=min(10, max(3, (spec.budget.trials or 30) // 3)))
+    if spec.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, constraints_func=cons)
+    return _ConstrainedRandomSampler(seed, cons)
+
+
+# -- the run ---------------------------------------------------------------------------------
+@dataclass
+class StudyRun:
+    """Everything a search needs, built once before any trial."""
+    spec: StudySpec
+    space: SearchSpace
+    run_dir: Path
+    storage_url: str
+    study: optuna.Study
+    ctx: TrialContext
+    log: Callable[[str], None] = print
+    trial_callbacks: list[Callable[[FrozenTrial, TrialResult | None], None]] = field(default_factory=list)
+
+
+def counted(trial: FrozenTrial) -> bool:
+    """Whether a trial uses up budget: finished, not the baseline, not an interrupted or
+    crashed attempt that is retried."""
+    if trial.user_attrs.get(ATTR_BASELINE) or trial.user_attrs.get(ATTR_INTERRUPTED):
+        return False
+    if trial.state == TrialState.FAIL and ATTR_REASON not in trial.user_attrs:
+        return False  # killed mid-trial (stale heartbeat): re-queued, not counted
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def budget_used(study: optuna.Study) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False) if counted(t))
+
+
+def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = None,
+            log: Callable[[str], None] = print, create: bool = True) -> StudyRun:
+    """Validate everything that can be validated (data, model, checkpoint, storage, existing
+    study) before a run directory is written, then open or create the study and baseline."""
+    space = spec.load_space()
+    run_dir = Path(out) if out else default_run_dir(spec.name)
+    url = storage or spec.storage
+    if url:
+        check_url(url, "storage", spec.source)
+    data = build_data(spec.data, seed=spec.seed, source=spec.source)
+    seed_everything(spec.seed)  # the baseline's initial weights
+    teacher = build_model(spec.model, num_classes=data.num_classes, input_shape=data.input_shape,
+                          source=spec.source)
+    _check_forward(teacher, data, spec)
+
+    fresh_dir = not (run_dir / STUDY_FILE).exists()
+    url = url or default_storage_url(run_dir)
+    if url.startswith("sqlite") and fresh_dir and not create:
+        raise AutocompressError(f"no study under {run_dir}")
+    if not url.startswith("sqlite"):
+        rdb = open_storage(url)  # fail on an unreachable database before touching the disk
+        _check_existing(rdb, spec)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        rdb = open_storage(url)
+        _check_existing(rdb, spec)
+        if fresh_dir:
+            atomic_write_text(run_dir / STUDY_FILE, spec_to_yaml(spec))
+        study = optuna.create_study(study_name=spec.name, storage=rdb, directions=spec.directions,
+                                    sampler=make_sampler(spec), load_if_exists=True)
+        study.set_metric_names(spec.metric_names)
+    except BaseException:
+        if fresh_dir:
+            _remove_fresh(run_dir)
+        raise
+    for key, value in (("model", spec.model.reference), ("data", spec.data.reference),
+                       ("objectives", [f"{o.direction} {o.metric}" for o in spec.objectives]),
+                       ("constraints", [str(c) for c in spec.constraints]), ("sampler", spec.sampler)):
+        study.set_user_attr(key, value)
+
+    device = resolve_device(spec.device)
+    target = TargetSettings(device=spec.target.device, batch_size=spec.target.batch_size,
+                            threads=spec.target.threads, max_time_s=spec.target.max_time_s)
+    ctx = TrialContext(data=data, teacher=teacher, baseline_metrics={}, device=device, target=target,
+                       epochs=spec.budget.epochs, seed=spec.seed)
+    ctx.baseline_metrics = prepare_baseline(teacher, ctx, spec, run_dir, log=log)
+    teacher.eval().requires_grad_(False)
+    study.set_user_attr("baseline_metrics", ctx.baseline_metrics)
+    ctx.data = data.subset_train(spec.budget.train_fraction, spec.seed)
+    _add_baseline_trial(study, spec, ctx.baseline_metrics)
+    return StudyRun(spec, space, run_dir, url, study, ctx, log)
+
+
+def _remove_fresh(run_dir: Path) -> None:
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _check_existing(storage: optuna.storages.BaseStorage, spec: StudySpec) -> None:
+    try:
+        study_id = storage.get_study_id_from_name(spec.name)
+    except KeyError:
+        return
+    existing = [d.name.lower() for d in storage.get_study_directions(study_id)]
+    names = storage.get_study_system_attrs(study_id).get("study:metric_names")
+    if existing != spec.directions or (names and list(names) != spec.metric_names):
+        theirs = ", ".join(f"{d} {n}" for d, n in zip(existing, names or ["?"] * len(existing)))
+        raise ConfigError(spec.source, "objectives",
+                          f"study '{spec.name}' already exists with different objectives ({theirs}); "
+                          "rename the study or use another --out")
+
+
+def _check_forward(model, data, spec: StudySpec) -> None:
+    import torch
+
+    x, _ = data.train[0]
+    try:
+        with torch.inference_mode():
+            out = model.eval()(torch.as_tensor(x).unsqueeze(0).repeat(2, *([1] * torch.as_tensor(x).dim())))
+    except Exception as exc:
+        raise ConfigError(spec.source, "model", f"the model does not run on the data's inputs of shape "
+                                                f"{tuple(data.input_shape)}: {type(exc).__name__}: "
+                                                f"{str(exc).splitlines()[0][:200]}") from None
+    if out.dim() != 2 or out.shape[1] != data.num_classes:
+        raise ConfigError(spec.source, "model", f"the model outputs shape {tuple(out.shape)}; expected "
+                                                f"(batch, {data.num_classes}) logits")
+
+
+def _add_baseline_trial(study: optuna.Study, spec: StudySpec, metrics: dict[str, float]) -> None:
+    if any(t.user_attrs.get(ATTR_BASELINE) for t in study.get_trials(deepcopy=False)):
+        return
+    from autocompress.policy import Policy
+
+    study.add_trial(optuna.trial.create_trial(
+        values=[metrics[m] for m in spec.metric_names],
+        user_attrs={ATTR_BASELINE: True, ATTR_METRICS: metrics, ATTR_POLICY: Policy().to_dict(),
+                    "policy_summary": "baseline (no compression)"},
+        system_attrs={"constraints": tuple(c.violation(metrics[c.metric]) for c in spec.constraints)}
+        if spec.constraints else None,
+    ))
+
+
+def make_objective(run: StudyRun) -> Callable[[optuna.Trial], list[float]]:
+    spec, ctx = run.spec, run.ctx
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        started = time.time()
+        policy = run.space.sample(trial)
+        trial.set_user_attr(ATTR_POLICY, policy.to_dict())
+        trial.set_user_attr("policy_summary", policy.describe())
+        trial_ctx = _trial_context(ctx, spec.seed + trial.number)
+        result: TrialResult | None = None
+        try:
+            result = run_trial(policy, trial_ctx, keep_model=False)
+        except Prescreened as exc:
+            trial.set_user_attr(ATTR_METRICS, exc.metrics)
+            trial.set_user_attr("prescreened", exc.reason)
+            raise optuna.TrialPruned(exc.reason) from None
+        except TrialFailed as exc:
+            trial.set_user_attr(ATTR_REASON, exc.reason)
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr(ATTR_INTERRUPTED, True)
+            raise
+        except Exception as exc:  # a technique that cannot apply: record, keep searching
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            trial.set_user_attr(ATTR_REASON, reason)
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            raise TrialFailed(reason) from exc
+        finally:
+            trial.set_user_attr("wall_s", round(time.time() - started, 3))
+        _record(trial, result)
+        for cb in run.trial_callbacks:
+            cb(trial, result)
+        return [result.metrics[m] for m in spec.metric_names]
+
+    return objective
+
+
+def _trial_context(ctx: TrialContext, seed: int) -> TrialContext:
+    from dataclasses import replace
+
+    return replace(ctx, seed=seed)
+
+
+def _record(trial: optuna.Trial, result: TrialResult) -> None:
+    trial.set_user_attr(ATTR_METRICS, result.metrics)
+    trial.set_user_attr("proof", result.proof)
+    trial.set_user_attr("history", result.history)
+    trial.set_user_attr("timings", result.timings)
+    trial.set_user_attr("measured_on", result.measured_on)
+    trial.set_user_attr("epochs_run", result.epochs_run)
+    if result.stopped:
+        trial.set_user_attr("stopped_early", result.stopped)
+
+
+def optimize(run: StudyRun, *, n_trials: int | None = None, timeout: float | None = None,
+             on_trial_end: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> None:
+    """Run trials until the study's budget (or ``n_trials``/``timeout``) is used up.
+
+    The budget counts finished trials already in the storage, so a resumed study runs only
+    what is missing, and several workers on one study stop together.
+    """
+    budget = n_trials if n_trials is not None else run.spec.budget.trials
+    timeout = timeout if timeout is not None else run.spec.budget.timeout
+    objective = make_objective(run)
+    start = time.monotonic()
+    callbacks = [on_trial_end] if on_trial_end else []
+    while True:
+        if budget is not None and _used_or_running(run.study) >= budget:
+            break
+        if timeout is not None and time.monotonic() - start >= timeout:
+            break
+        run.study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+
+
+def _used_or_running(study: optuna.Study) -> int:
+    trials = study.get_trials(deepcopy=False)
+    return sum(1 for t in trials if counted(t)) + sum(
+        1 for t in trials if t.state == TrialState.RUNNING and not t.user_attrs.get(ATTR_BASELINE))
+
+
+def run_study(spec: StudySpec, *, out: Path | None = None, storage: str | None = None,
+              n_trials: int | None = None, timeout: float | None = None,
+              log: Callable[[str], None] = print,
+              on_trial_end: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> StudyRun:
+    """Run or resume the study described by ``spec``; returns the run (study, run dir, ...).
+
+    Example:
+        >>> from autocompress import load_study_spec, run_study
+        >>> run = run_study(load_study_spec("studies/digits_cnn.yaml"))  # doctest: +SKIP
+    """
+    run = prepare(spec, out=out, storage=storage, log=log)
+    log(f"study '{spec.name}' in {run.run_dir} (storage {redact_url(run.storage_url)})")
+    optimize(run, n_trials=n_trials, timeout=timeout, on_trial_end=on_trial_end)
+    return run

@@ -1,0 +1,42 @@
+"""Compression techniques: pruning, distillation, quantization. See ``base.Technique``.
+
+Each technique module has ``build(policy, ctx) -> Technique | None`` (None when the policy
+leaves it off). They run in pipeline order: structure first, then training-time helpers,
+then the number format.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from autocompress.techniques.base import Technique
+
+if TYPE_CHECKING:
+    from autocompress.policy import Policy
+    from autocompress.trial import TrialContext
+
+PIPELINE_ORDER = (
+    "autocompress.techniques.pruning",
+    "autocompress.training.regularization",
+    "autocompress.techniques.distillation",
+    "autocompress.techniques.quantization",
+)
+
+
+def build_techniques(policy: "Policy", ctx: "TrialContext") -> list[Technique]:
+    out = []
+    for module_name in PIPELINE_ORDER:
+        try:
+            module = importlib.import_module(module_name)  # lazily: NNI is slow to import
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        technique = module.build(policy, ctx)
+        if technique is not None:
+            out.append(technique)
+    return out
+
+
+__all__ = ["Technique", "build_techniques", "PIPELINE_ORDER"]

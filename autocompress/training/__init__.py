@@ -1,0 +1,1 @@
+"""Fine-tuning: the one training loop, optimizers, LR schedules, augmentation, regularization."""
