@@ -139,11 +139,13 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        text = str(exc)
+        if "Unsupported global" in text or "Unsupported class" in text:
             raise ValueError(f"checkpoint '{path}' holds pickled code or objects, not plain tensors; "
                              "refused (save model.state_dict() instead)") from None
-        raise ValueError(f"checkpoint '{path}' cannot be read: {first}") from None
+        detail = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln or "Error" in ln), "")
+        raise ValueError(f"checkpoint '{path}' cannot be read as a PyTorch state dict "
+                         f"({type(exc).__name__}{': ' + detail[:120] if detail else ''})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -1,0 +1,143 @@
+"""The CLI end to end on a tiny digits study: search, storage, trial attributes, status,
+resume, and bad input (one line, exit code 2, nothing written)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from autocompress.cli import app
+
+runner = CliRunner()
+
+
+def _load(run_dir, name="tiny"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / 'study.db'}")
+
+
+def test_help_lists_commands_and_options():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "search" in result.output and "status" in result.output
+    result = runner.invoke(app, ["search", "--help"])
+    assert result.exit_code == 0 and "--trials" in result.output and "--out" in result.output
+
+
+def test_search_status_and_resume(write_study, tmp_path):
+    study_file = write_study()
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["search", str(study_file), "--out", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "Pareto front" in result.output and str(run_dir) in result.output
+    for name in ("study.db", "study.yaml", "baseline.pt", "baseline.json"):
+        assert (run_dir / name).is_file(), name
+
+    study = _load(run_dir)
+    trials = study.get_trials()
+    baseline = [t for t in trials if t.user_attrs.get("baseline")]
+    searched = [t for t in trials if not t.user_attrs.get("baseline")]
+    assert len(baseline) == 1 and baseline[0].number == 0
+    assert len(searched) == 2 and all(t.state.name == "COMPLETE" for t in searched)
+    assert study.metric_names == ["accuracy", "latency_ms"]
+    for t in searched:
+        m = t.user_attrs["metrics"]
+        for key in ("accuracy", "test_accuracy", "accuracy_drop", "latency_ms", "size_mb", "flops", "params"):
+            assert key in m, key
+        assert t.values == [m["accuracy"], m["latency_ms"]]
+        assert m["flops"] > 0 and m["params"] > 0 and m["size_mb"] > 0 and m["latency_ms"] > 0
+        assert t.user_attrs["policy"]["training"]["optimizer"] == t.params["training.optimizer"]
+        assert {"compress_s", "finetune_s", "measure_s"} <= set(t.user_attrs["timings"])
+        assert t.user_attrs["history"][0]["epoch"] == 1
+        assert "constraints" in t.system_attrs  # feasibility known to Optuna's plots
+
+    # the saved baseline loads with weights_only
+    state = torch.load(run_dir / "baseline.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+    status = runner.invoke(app, ["status", str(run_dir)])
+    assert status.exit_code == 0, status.output
+    assert "2 complete" in status.output and "Pareto front" in status.output
+
+    # resume with a larger budget: old trials kept, new ones added, baseline not retrained
+    mtime = (run_dir / "baseline.pt").stat().st_mtime
+    again = runner.invoke(app, ["search", str(study_file), "--out", str(run_dir), "--trials", "3"])
+    assert again.exit_code == 0, again.output
+    study = _load(run_dir)
+    numbers = [t.number for t in study.get_trials() if not t.user_attrs.get("baseline")]
+    assert numbers == [1, 2, 3]
+    assert [t.params for t in study.get_trials()[:3]] == [t.params for t in trials[:3]]
+    assert (run_dir / "baseline.pt").stat().st_mtime == mtime
+    # running again with the budget met runs nothing more
+    runner.invoke(app, ["search", str(study_file), "--out", str(run_dir), "--trials", "3"])
+    assert len(_load(run_dir).get_trials()) == 4
+
+
+def test_same_command_twice_gives_the_same_trials(write_study, tmp_path):
+    study_file = write_study(sampler="tpe")
+    params = []
+    for run in ("a", "b"):
+        result = runner.invoke(app, ["search", str(study_file), "--out", str(tmp_path / run)])
+        assert result.exit_code == 0, result.output
+        trials = _load(tmp_path / run).get_trials()
+        params.append([(t.params, t.user_attrs["metrics"]["accuracy"]) for t in trials])
+    assert params[0] == params[1]
+
+
+def test_broken_trial_is_recorded_and_the_study_goes_on(write_study, tmp_path):
+    # an lr so large the loss overflows to NaN/inf for SGD; adamw survives
+    space = {"training": {"optimizer": {"choices": ["sgd"]}, "lr": {"low": 1e12, "high": 1e13},
+                          "momentum": 0.9}}
+    study_file = write_study(search_space=space)
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["search", str(study_file), "--out", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    trials = [t for t in _load(run_dir).get_trials() if not t.user_attrs.get("baseline")]
+    assert len(trials) == 2
+    assert all(t.state.name == "FAIL" for t in trials)
+    assert all("loss" in t.user_attrs["fail_reason"] for t in trials)
+    status = runner.invoke(app, ["status", str(run_dir)])
+    assert "2 fail" in status.output and "failed: " in status.output
+
+
+@pytest.mark.parametrize("override, words", [
+    ({"model": {"factory": "no_such_module_xyz:build"}}, "cannot import module 'no_such_module_xyz'"),
+    ({"model": {"builtin": "resnet9000"}}, "unknown model"),
+    ({"data": {"builtin": "mnist"}}, "unknown data set"),
+    ({"model": {"builtin": "digits_cnn", "checkpoint": "missing.pt"}}, "not found"),
+    ({"objectives": [{"metric": "joy", "direction": "maximize"}]}, "unknown metric"),
+    ({"storage": "not a url"}, "not a storage URL"),
+])
+def test_bad_input_exits_2_and_writes_nothing(write_study, tmp_path, override, words):
+    study_file = write_study(**override)
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["search", str(study_file), "--out", str(run_dir)])
+    assert result.exit_code == 2, result.output
+    assert words in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not run_dir.exists()
+
+
+def test_checkpoint_that_does_not_match(write_study, tmp_path):
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "wrong.pt")
+    study_file = write_study(model={"builtin": "digits_cnn", "kwargs": {"width": 8}, "checkpoint": "wrong.pt"})
+    result = runner.invoke(app, ["search", str(study_file), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "does not match the model" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_study_with_other_objectives_is_refused(write_study, tmp_path):
+    run_dir = tmp_path / "run"
+    assert runner.invoke(app, ["search", str(write_study()), "--out", str(run_dir), "--trials", "1"]).exit_code == 0
+    before = (run_dir / "study.yaml").read_text()
+    other = write_study("other.yaml", objectives=[{"metric": "size_mb", "direction": "minimize"}])
+    result = runner.invoke(app, ["search", str(other), "--out", str(run_dir)])
+    assert result.exit_code == 2 and "different objectives" in result.output
+    assert (run_dir / "study.yaml").read_text() == before
+
+
+def test_status_of_unknown_study(tmp_path):
+    result = runner.invoke(app, ["status", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "no study" in result.output
