@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -70,28 +71,93 @@ def search(
                                                      "else SQLite under the run directory)."),
     trials: Optional[int] = typer.Option(None, min=1, help="Total trial budget (overrides budget.trials)."),
     timeout: Optional[str] = typer.Option(None, help="Wall-time budget of this run, e.g. 20m (overrides budget.timeout)."),
+    workers: int = typer.Option(1, min=1, max=256, help="Worker processes on this machine, one per GPU "
+                                                        "(on CPU the cores are split between them)."),
     verbose: int = VerboseOpt,
 ) -> None:
     """Run a study, or resume it: trials already finished count toward the budget."""
     _setup_logging(verbose)
-    from autocompress.config import load_study_spec, parse_duration
-    from autocompress.errors import ConfigError
+    from autocompress.config import load_study_spec
     from autocompress.progress import SearchProgress
     from autocompress.study import budget_used, optimize, prepare
+    from autocompress.workers import start_workers, stop_workers
 
     spec = load_study_spec(study_file)
-    try:
-        timeout_s = parse_duration(timeout) if timeout else None
-    except ValueError as exc:
-        raise ConfigError(None, "--timeout", str(exc)) from None
-    say = (lambda m: console.print(m, highlight=False)) if True else None
-    run = prepare(spec, out=out, storage=storage, log=say)
+    timeout_s = _duration(timeout, "--timeout")
+    run = prepare(spec, out=out, storage=storage, log=_say)
     budget = trials or spec.budget.trials
     with SearchProgress(run, budget=budget, timeout=timeout_s or spec.budget.timeout, console=console) as bar:
-        optimize(run, n_trials=budget, timeout=timeout_s, on_trial_end=bar.on_trial_end)
+        if workers == 1:
+            optimize(run, n_trials=budget, timeout=timeout_s, on_trial_end=bar.on_trial_end)
+        else:  # this process supervises; every worker is its own process on its own device
+            procs = start_workers(study=spec.name, storage=run.storage_url, out=run.run_dir, workers=workers,
+                                  training_device=spec.device, n_trials=budget, timeout=timeout_s, first_index=0)
+            _say(f"started {workers} workers")
+            try:
+                while any(p.poll() is None for p in procs):
+                    time.sleep(1.0)
+                    bar.on_trial_end(run.study)
+            finally:
+                for err in stop_workers(procs, wait=all(p.poll() is not None for p in procs)):
+                    console.print(f"a worker stopped with an error: {err}", highlight=False)
+            bar.on_trial_end(run.study)
     _print_summary(run.study, spec.name)
     out_console.print(f"results: {run.run_dir}  ({budget_used(run.study)} trials; "
                       f"next: autocompress status {run.run_dir})", highlight=False)
+
+
+@app.command()
+@_guard
+def worker(
+    study: str = typer.Option(..., "--study", help="Study name."),
+    storage: str = typer.Option(..., help="Storage URL shared by all workers (e.g. postgresql://user@host/db)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory for the baseline checkpoint "
+                                                                 "(a path all workers see; default runs/<name>)."),
+    device: Optional[str] = typer.Option(None, help="Training device of this worker, e.g. cuda:1."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads of this worker."),
+    trials: Optional[int] = typer.Option(None, min=1, help="Total trial budget (default: the study's)."),
+    timeout: Optional[str] = typer.Option(None, help="Stop starting trials after this long, e.g. 2h."),
+    worker_index: int = typer.Option(0, min=0, help="Offsets the sampler seed so workers differ."),
+    verbose: int = VerboseOpt,
+) -> None:
+    """Join an existing study (created by 'search') and run trials until its budget is met."""
+    _setup_logging(verbose)
+    from autocompress.study import optimize, prepare, spec_from_storage
+
+    spec = spec_from_storage(study, storage)
+    run = prepare(spec, out=out, storage=storage, log=_say if verbose else (lambda m: None), create=False,
+                  device=device, threads=threads, worker_index=worker_index)
+    optimize(run, n_trials=trials, timeout=_duration(timeout, "--timeout"))
+
+
+@app.command()
+@_guard
+def devices() -> None:
+    """The devices trials can run on here: CUDA GPUs, Apple MPS, CPU cores."""
+    from autocompress.devices import discover
+
+    table = Table(title="devices")
+    for col in ("device", "kind", "description", "memory GiB", "cores"):
+        table.add_column(col)
+    for d in discover():
+        table.add_row(d.name, d.kind, d.description, _fmt(d.memory_gb), _fmt(d.cores))
+    out_console.print(table)
+
+
+def _say(message: str) -> None:
+    console.print(message, highlight=False)
+
+
+def _duration(value: Optional[str], option: str) -> Optional[float]:
+    from autocompress.config import parse_duration
+    from autocompress.errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(None, option, str(exc)) from None
 
 
 @app.command()

@@ -4,7 +4,7 @@ accuracy and latency so far."""
 from __future__ import annotations
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -23,6 +23,8 @@ class SearchProgress:
             console=console, transient=False,
         )
         self.done0 = budget_used(run.study)
+        self.reported = {t.number for t in run.study.get_trials(deepcopy=False)
+                         if t.state in (TrialState.FAIL, TrialState.PRUNED)}
         self.task = self.progress.add_task("trials", total=budget, completed=self.done0,
                                            info=self._info(run.study))
 
@@ -43,13 +45,19 @@ class SearchProgress:
         fast = f" best latency {min(lats):.3f} ms" if lats else ""
         return f"front {len(front.trials)}{best}{fast}"
 
-    def on_trial_end(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def on_trial_end(self, study: optuna.Study, trial: FrozenTrial | None = None) -> None:
+        """Optuna callback (or a poll, when workers run in other processes): new failures
+        get one line each, the bar and its info are refreshed from the storage."""
         from autocompress.study import budget_used
 
-        if trial.state.name == "FAIL" and trial.user_attrs.get("fail_reason"):
-            self.progress.console.print(f"trial {trial.number} failed: {trial.user_attrs['fail_reason']}",
-                                        highlight=False)
-        elif trial.state.name == "PRUNED":
-            reason = trial.user_attrs.get("prescreened") or trial.user_attrs.get("stopped_early") or ""
-            self.progress.console.print(f"trial {trial.number} pruned: {reason}", highlight=False)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.PRUNED)):
+            if t.number in self.reported:
+                continue
+            self.reported.add(t.number)
+            if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason"):
+                self.progress.console.print(f"trial {t.number} failed: {t.user_attrs['fail_reason']}",
+                                            highlight=False)
+            elif t.state == TrialState.PRUNED:
+                reason = t.user_attrs.get("prescreened") or t.user_attrs.get("stopped_early") or ""
+                self.progress.console.print(f"trial {t.number} pruned: {reason}", highlight=False)
         self.progress.update(self.task, completed=budget_used(study), info=self._info(study))

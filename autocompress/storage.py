@@ -7,6 +7,7 @@ opens it). Any SQLAlchemy URL (e.g. ``postgresql://user@host/db``) is accepted i
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import optuna
@@ -40,9 +41,11 @@ def open_storage(url: str, *, heartbeat: bool = True, max_retry: int = 2) -> opt
     kwargs = {}
     if heartbeat:
         kwargs = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S,
-                  "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)}
+                  "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as exc:
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise AutocompressError(f"storage {redact_url(url)}: cannot open ({redact_url(detail)})") from None

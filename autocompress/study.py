@@ -9,6 +9,7 @@ goes on.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -108,9 +109,19 @@ def budget_used(study: optuna.Study) -> int:
 
 
 def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = None,
-            log: Callable[[str], None] = print, create: bool = True) -> StudyRun:
+            log: Callable[[str], None] = print, create: bool = True, device: str | None = None,
+            threads: int | None = None, worker_index: int = 0) -> StudyRun:
     """Validate everything that can be validated (data, model, checkpoint, storage, existing
-    study) before a run directory is written, then open or create the study and baseline."""
+    study) before a run directory is written, then open or create the study and baseline.
+
+    ``device``/``threads`` pin this process (one worker per GPU; CPU cores split between
+    local workers); ``worker_index`` offsets the sampler seed so workers do not propose the
+    same policies.
+    """
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     space = spec.load_space()
     run_dir = Path(out) if out else default_run_dir(spec.name)
     url = storage or spec.storage
@@ -136,7 +147,8 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
         if fresh_dir:
             atomic_write_text(run_dir / STUDY_FILE, spec_to_yaml(spec))
         study = optuna.create_study(study_name=spec.name, storage=rdb, directions=spec.directions,
-                                    sampler=make_sampler(spec), load_if_exists=True)
+                                    sampler=make_sampler(spec, worker_offset=worker_index),
+                                    load_if_exists=True)
         study.set_metric_names(spec.metric_names)
     except BaseException:
         if fresh_dir:
@@ -144,20 +156,44 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
         raise
     for key, value in (("model", spec.model.reference), ("data", spec.data.reference),
                        ("objectives", [f"{o.direction} {o.metric}" for o in spec.objectives]),
-                       ("constraints", [str(c) for c in spec.constraints]), ("sampler", spec.sampler)):
+                       ("constraints", [str(c) for c in spec.constraints]), ("sampler", spec.sampler),
+                       ("study_yaml", spec_to_yaml(spec)),
+                       ("study_source", str(Path(spec.source).resolve()) if spec.source else None)):
         study.set_user_attr(key, value)
 
-    device = resolve_device(spec.device)
+    device = resolve_device(device or spec.device)
     target = TargetSettings(device=spec.target.device, batch_size=spec.target.batch_size,
                             threads=spec.target.threads, max_time_s=spec.target.max_time_s)
     ctx = TrialContext(data=data, teacher=teacher, baseline_metrics={}, device=device, target=target,
                        epochs=spec.budget.epochs, seed=spec.seed)
-    ctx.baseline_metrics = prepare_baseline(teacher, ctx, spec, run_dir, log=log)
+    from filelock import FileLock
+
+    with FileLock(str(run_dir / ".baseline.lock")):  # one worker trains it, the others load it
+        ctx.baseline_metrics = prepare_baseline(teacher, ctx, spec, run_dir, log=log)
+        _add_baseline_trial(study, spec, ctx.baseline_metrics)
     teacher.eval().requires_grad_(False)
     study.set_user_attr("baseline_metrics", ctx.baseline_metrics)
     ctx.data = data.subset_train(spec.budget.train_fraction, spec.seed)
-    _add_baseline_trial(study, spec, ctx.baseline_metrics)
     return StudyRun(spec, space, run_dir, url, study, ctx, log)
+
+
+def spec_from_storage(study_name: str, storage: str) -> StudySpec:
+    """The study file as stored with the study: workers on other machines need only its name
+    and the storage URL. Relative paths resolve against the original study file's folder."""
+    import yaml
+
+    from autocompress.config import spec_from_dict
+
+    rdb = open_storage(storage, heartbeat=False)
+    try:
+        study_id = rdb.get_study_id_from_name(study_name)
+    except KeyError:
+        raise AutocompressError(f"no study named '{study_name}' in {redact_url(storage)}") from None
+    attrs = rdb.get_study_user_attrs(study_id)
+    if "study_yaml" not in attrs:
+        raise AutocompressError(f"study '{study_name}' was not created by autocompress (no study_yaml)")
+    source = attrs.get("study_source") or f"{study_name} (from storage)"
+    return spec_from_dict(yaml.safe_load(attrs["study_yaml"]), source)
 
 
 def _remove_fresh(run_dir: Path) -> None:
@@ -218,6 +254,7 @@ def make_objective(run: StudyRun) -> Callable[[optuna.Trial], list[float]]:
         policy = run.space.sample(trial)
         trial.set_user_attr(ATTR_POLICY, policy.to_dict())
         trial.set_user_attr("policy_summary", policy.describe())
+        trial.set_user_attr("worker_pid", os.getpid())
         trial_ctx = _trial_context(ctx, spec.seed + trial.number)
         result: TrialResult | None = None
         try:

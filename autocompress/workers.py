@@ -1,0 +1,50 @@
+"""Local worker processes: ``search --workers N`` runs N processes on one study and storage,
+each pinned to its own device (and its share of the CPU cores)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from autocompress.devices import assign
+
+
+def worker_command(study: str, storage: str, out: Path, device: str, threads: int, index: int,
+                   n_trials: int | None, timeout: float | None) -> list[str]:
+    cmd = [sys.executable, "-m", "autocompress", "worker", "--study", study, "--storage", storage,
+           "--out", str(out), "--device", device, "--threads", str(threads), "--worker-index", str(index)]
+    if n_trials is not None:
+        cmd += ["--trials", str(n_trials)]
+    if timeout is not None:
+        cmd += ["--timeout", f"{timeout}s"]
+    return cmd
+
+
+def start_workers(*, study: str, storage: str, out: Path, workers: int, training_device: str,
+                  n_trials: int | None, timeout: float | None, first_index: int = 1) -> list[subprocess.Popen]:
+    """Start workers ``first_index..workers-1`` (the calling process is worker 0)."""
+    slots = assign(workers, training_device)
+    procs = []
+    for i in range(first_index, workers):
+        device, threads = slots[i]
+        procs.append(subprocess.Popen(
+            worker_command(study, storage, out, device, threads, i, n_trials, timeout),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen], *, wait: bool) -> list[str]:
+    """Wait for (or terminate) the workers; returns error lines of those that failed."""
+    errors = []
+    for p in procs:
+        if not wait and p.poll() is None:
+            p.terminate()
+        try:
+            _, err = p.communicate(timeout=None if wait else 30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _, err = p.communicate()
+        if p.returncode not in (0, None, -15) and err:
+            errors.append(err.strip().splitlines()[-1])
+    return errors

@@ -1,0 +1,42 @@
+"""Devices and local workers: N processes on one study finish its budget exactly."""
+
+from __future__ import annotations
+
+import optuna
+from typer.testing import CliRunner
+
+from autocompress.cli import app
+from autocompress.devices import assign, discover
+
+runner = CliRunner()
+
+
+def test_discovery_lists_the_cpu():
+    found = discover()
+    cpu = found[-1]
+    assert cpu.kind == "cpu" and cpu.cores >= 1 and cpu.description
+    result = runner.invoke(app, ["devices"])
+    assert result.exit_code == 0 and "cpu" in result.output
+
+
+def test_cpu_threads_are_split_between_workers():
+    slots = assign(2, "cpu")
+    assert [d for d, _ in slots] == ["cpu", "cpu"]
+    total = discover()[-1].cores
+    assert all(t == max(1, total // 2) for _, t in slots)
+
+
+def test_two_local_workers_finish_the_budget_without_duplicates(write_study, tmp_path):
+    study_file = write_study(budget={"trials": 4, "epochs": 1, "train_fraction": 0.2})
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["search", str(study_file), "--out", str(run_dir), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'study.db'}")
+    searched = [t for t in study.get_trials() if not t.user_attrs.get("baseline")]
+    assert all(t.state.name == "COMPLETE" for t in searched)
+    assert 4 <= len(searched) <= 5  # two workers may both start the last trial at the same moment
+    numbers = [t.number for t in study.get_trials()]
+    assert len(numbers) == len(set(numbers))
+    assert sum(1 for t in study.get_trials() if t.user_attrs.get("baseline")) == 1
+    pids = {t.user_attrs.get("worker_pid") for t in searched}  # both started before the budget ran out
+    assert len(pids) == 2, "both workers ran trials"
