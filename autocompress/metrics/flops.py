@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the flop counter refuses QAT's grad-requiring fake-quant weights there
 def count_flops(model: nn.Module, example: torch.Tensor) -> int:
     """FLOPs for ONE sample (the example batch's total divided by its size).
 

@@ -27,12 +27,7 @@ PIPELINE_ORDER = (
 def build_techniques(policy: "Policy", ctx: "TrialContext") -> list[Technique]:
     out = []
     for module_name in PIPELINE_ORDER:
-        try:
-            module = importlib.import_module(module_name)  # lazily: NNI is slow to import
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
+        module = importlib.import_module(module_name)  # lazily: NNI is slow to import
         technique = module.build(policy, ctx)
         if technique is not None:
             out.append(technique)

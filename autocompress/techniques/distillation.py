@@ -1,0 +1,242 @@
+"""Knowledge distillation from the frozen baseline (the teacher) during fine-tuning.
+
+The loss of every training step becomes::
+
+    (1 - alpha) * task + alpha * T^2 * KL(teacher_T || student_T) + feature_weight * feature
+
+``feature`` is the mean squared error between student and teacher feature maps taken by
+forward hooks (FitNets-style), with a learned 1x1 projection where pruning changed the
+student's width. The default feature layer is the last feature map before global pooling
+(or the input of the classifier when there is no pooling module).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from autocompress.errors import TrialFailed
+from autocompress.techniques.base import Technique
+
+if TYPE_CHECKING:
+    from autocompress.policy import Policy
+    from autocompress.trial import TrialContext
+
+GLOBAL_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+                nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def soft_target_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """T^2 * KL(teacher_T || student_T), averaged over the batch (Hinton et al., 2015)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits.float() / t, dim=1),
+                    F.log_softmax(teacher_logits.float() / t, dim=1),
+                    log_target=True, reduction="batchmean") * (t * t)
+
+
+@dataclass(frozen=True)
+class FeatureTap:
+    """Where a feature map is read: the output of a named module, or its input."""
+    module: str
+    side: str = "output"   # "output" | "input"
+
+    def __str__(self) -> str:
+        return f"{self.side} of '{self.module}'"
+
+
+def default_feature_tap(model: nn.Module) -> FeatureTap:
+    """The last feature map before the head: the input of the last global pooling module,
+    else the input of the last Linear, else the output of the last convolution."""
+    pool = linear = conv = None
+    for name, m in model.named_modules():
+        if isinstance(m, GLOBAL_POOLS):
+            pool = name
+        elif isinstance(m, nn.Linear):
+            linear = name
+        elif isinstance(m, CONVS):
+            conv = name
+    if pool is not None:
+        return FeatureTap(pool, "input")
+    if linear is not None:
+        return FeatureTap(linear, "input")
+    if conv is not None:
+        return FeatureTap(conv, "output")
+    raise TrialFailed("feature distillation: no pooling, Linear or Conv layer to take features "
+                      "from; name the layers in distillation.feature_layers")
+
+
+def _projection(student: Tensor, teacher: Tensor) -> nn.Module | None:
+    """A learned map from the student's width to the teacher's, or None when they agree."""
+    cs, ct = student.shape[1], teacher.shape[1]
+    if cs == ct:
+        return None
+    if student.dim() == 2:
+        return nn.Linear(cs, ct, bias=False)
+    conv = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}.get(student.dim())
+    if conv is None:
+        raise TrialFailed(f"feature distillation: cannot project features of shape {tuple(student.shape)}")
+    return conv(cs, ct, kernel_size=1, bias=False)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+class Distillation(Technique):
+    name = "distillation"
+
+    def __init__(self, policy: "Policy", ctx: "TrialContext") -> None:
+        super().__init__(policy, ctx)
+        self.d = policy.distillation
+        self.teacher: nn.Module | None = None
+        self.taps: list[FeatureTap] = []
+        self.projections = nn.ModuleDict()
+        self._hooks: list[Any] = []
+        self._student_feats: dict[int, Tensor] = {}
+        self._teacher_feats: dict[int, Tensor] = {}
+        self._sums: dict[str, Tensor] = {}
+        self._steps = 0
+        self._last_epoch: dict[str, float] = {}
+
+    # -- set-up / tear-down ------------------------------------------------------------------
+    def before_finetune(self, model: nn.Module) -> nn.Module:
+        # A private copy: hooks on it can never leak into the shared teacher if the trial dies.
+        self.teacher = copy.deepcopy(self.ctx.teacher).to(self.ctx.device).eval().requires_grad_(False)
+        if self.d.feature_weight > 0:
+            self._set_up_features(model)
+        return model
+
+    def after_finetune(self, model: nn.Module) -> nn.Module:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self._student_feats.clear()
+        self._teacher_feats.clear()
+        self.teacher = None
+        return model
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.projections] if len(self.projections) else []
+
+    def _set_up_features(self, student: nn.Module) -> None:
+        assert self.teacher is not None
+        if self.d.feature_layers:
+            self.taps = [FeatureTap(name) for name in self.d.feature_layers]
+        else:
+            self.taps = [default_feature_tap(self.teacher)]
+        s_modules, t_modules = dict(student.named_modules()), dict(self.teacher.named_modules())
+        for i, tap in enumerate(self.taps):
+            for who, modules in (("student", s_modules), ("teacher", t_modules)):
+                if tap.module not in modules:
+                    raise TrialFailed(f"feature distillation: no module '{tap.module}' in the {who}")
+            self._hooks.append(_register(s_modules[tap.module], tap.side, self._student_feats, i))
+            self._hooks.append(_register(t_modules[tap.module], tap.side, self._teacher_feats, i))
+
+        # One forward pass finds the widths; projections bridge where pruning changed them.
+        example = self.ctx.example_batch()
+        was_training = student.training
+        with torch.no_grad():
+            student.eval()
+            student(example.to(_device_of(student)))
+            self.teacher(example.to(self.ctx.device))
+        student.train(was_training)
+        for i, tap in enumerate(self.taps):
+            s, t = self._student_feats.get(i), self._teacher_feats.get(i)
+            if s is None or t is None:
+                raise TrialFailed(f"feature distillation: the {tap} is not called in the forward pass")
+            proj = _projection(s, t)
+            if proj is not None:
+                self.projections[str(i)] = proj.to(self.ctx.device)
+        self._student_feats.clear()
+        self._teacher_feats.clear()
+
+    # -- every training step -----------------------------------------------------------------
+    def loss(self, loss: Tensor, *, inputs: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
+        assert self.teacher is not None, "before_finetune was not called"
+        with torch.no_grad():
+            teacher_logits = self.teacher(inputs)
+        total = loss
+        parts = {"task_loss": loss.detach()}
+        if self.d.alpha > 0:
+            kd = soft_target_loss(logits, teacher_logits, self.d.temperature)
+            total = (1 - self.d.alpha) * loss + self.d.alpha * kd
+            parts["kd_loss"] = kd.detach()
+        if self.d.feature_weight > 0:
+            feat = self._feature_loss()
+            total = total + self.d.feature_weight * feat
+            parts["feature_loss"] = feat.detach()
+        parts["total_loss"] = total.detach()
+        for key, value in parts.items():
+            self._sums[key] = self._sums.get(key, 0) + value.float()
+        self._steps += 1
+        return total
+
+    def _feature_loss(self) -> Tensor:
+        losses = []
+        for i, tap in enumerate(self.taps):
+            s, t = self._student_feats.pop(i, None), self._teacher_feats.pop(i, None)
+            if s is None or t is None:
+                # e.g. QAT preparation fused the hooked module away (conv+bn+relu -> one module)
+                raise TrialFailed(f"feature distillation: the {tap} no longer runs in the "
+                                  "student being trained (fused or replaced); choose another "
+                                  "layer in distillation.feature_layers")
+            key = str(i)
+            if key in self.projections:
+                s = self.projections[key](s)
+            if s.shape[2:] != t.shape[2:]:
+                pool = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d, 5: F.adaptive_avg_pool3d}[s.dim()]
+                s = pool(s, t.shape[2:])
+            losses.append(F.mse_loss(s.float(), t.detach().float()))
+        return torch.stack(losses).mean()
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
+        if self._steps:
+            self._last_epoch = {k: round(float(v) / self._steps, 6) for k, v in self._sums.items()}
+        self._sums, self._steps = {}, 0
+
+    # -- record ------------------------------------------------------------------------------
+    def proof(self) -> dict[str, Any]:
+        projections = {str(self.taps[int(k)]): f"{type(p).__name__} {_in_width(p)}->{_out_width(p)}"
+                       for k, p in self.projections.items()}
+        return {"distillation": {
+            "alpha": self.d.alpha,
+            "temperature": self.d.temperature if self.d.alpha > 0 else None,
+            "feature_weight": self.d.feature_weight,
+            "feature_layers": [str(t) for t in self.taps],
+            "projections": projections,
+            "last_epoch_mean": dict(self._last_epoch),  # measured: task vs distillation losses
+        }}
+
+
+def _register(module: nn.Module, side: str, store: dict[int, Tensor], key: int):
+    def keep(value: Any) -> None:
+        # Not during evaluation (inference mode) nor FX tracing (a Proxy, not a Tensor):
+        # a stale value there would hide a hook that no longer fires in training.
+        if isinstance(value, Tensor) and not torch.is_inference_mode_enabled():
+            store[key] = value
+
+    if side == "input":
+        return module.register_forward_pre_hook(lambda mod, args: keep(args[0] if args else None))
+    return module.register_forward_hook(lambda mod, args, output: keep(output))
+
+
+def _in_width(p: nn.Module) -> int:
+    return p.in_features if isinstance(p, nn.Linear) else p.in_channels
+
+
+def _out_width(p: nn.Module) -> int:
+    return p.out_features if isinstance(p, nn.Linear) else p.out_channels
+
+
+def build(policy: "Policy", ctx: "TrialContext") -> Technique | None:
+    d = policy.distillation
+    if d.alpha <= 0 and d.feature_weight <= 0:
+        return None
+    return Distillation(policy, ctx)
