@@ -61,9 +61,12 @@ def fine_tune(model: nn.Module, train: Dataset, val: Dataset, policy: Policy, *,
     optimizer = build_optimizer(params, tp)
     scheduler = build_scheduler(optimizer, tp, epochs=epochs, steps_per_epoch=max(1, len(loader)))
     criterion = nn.CrossEntropyLoss(label_smoothing=tp.label_smoothing)
+    # Mixed precision only where the policy asks for it (default off, also on CPU); fp16
+    # needs loss scaling against gradient underflow, bf16 has fp32's range and does not.
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tp.amp)
-    use_amp = amp_dtype is not None and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype is torch.float16)
+    use_amp = amp_dtype is not None and device.type in ("cuda", "cpu")
+    scaler = torch.amp.GradScaler(device.type if use_amp else "cpu",
+                                  enabled=use_amp and amp_dtype is torch.float16)
     model.to(device)
     start = time.perf_counter()
     for epoch in range(epochs):
