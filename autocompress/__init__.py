@@ -13,6 +13,7 @@ _logging.getLogger("torch.utils.cpp_extension").setLevel(_logging.ERROR)
 
 from autocompress.config import StudySpec, load_study_spec
 from autocompress.errors import AutocompressError, ConfigError, TrialFailed
+from autocompress.export import load_exported
 from autocompress.policy import Policy
 from autocompress.space import SearchSpace, load_space
 from autocompress.study import run_study
@@ -21,4 +22,5 @@ from autocompress.trial import TrialContext, TrialResult, run_trial
 __version__ = "0.1.0"
 
 __all__ = ["AutocompressError", "ConfigError", "Policy", "SearchSpace", "StudySpec", "TrialContext",
-           "TrialFailed", "TrialResult", "load_space", "load_study_spec", "run_study", "run_trial"]
+           "TrialFailed", "TrialResult", "load_exported", "load_space", "load_study_spec", "run_study",
+           "run_trial"]

@@ -1,0 +1,143 @@
+"""Re-train a chosen policy at full budget: ``autocompress apply policy.yaml --epochs N``.
+
+It is the search's own path, not a copy: the study's data and baseline (``study.build_inputs``,
+``baseline.prepare_baseline``), the same ``run_trial``, then the same bundle as export
+(``export.write_bundle``). Differences from the search trial: all of the training split,
+``--epochs`` epochs, no early stopping. The policy file is either an exported ``policy.yaml``
+(which names its study) or a plain policy (``pruning: ...`` sections) plus ``--study``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from autocompress.errors import AutocompressError, ConfigError, TrialFailed
+from autocompress.policy import Policy
+
+
+@dataclass(frozen=True)
+class PolicyFile:
+    policy: Policy
+    spec: Any | None                 # StudySpec named by the file, None for a plain policy
+    seed: int | None
+    study_name: str | None = None
+    trial: int | None = None
+    run_dir: Path | None = None
+
+
+def read_policy_file(path: Path) -> PolicyFile:
+    """An exported ``policy.yaml`` or a plain policy YAML; errors name the file and field."""
+    from autocompress.config import spec_from_dict
+
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError(source, None, "policy file not found")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, None, f"invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(source, None, "expected a mapping (an exported policy.yaml, or policy sections)")
+    exported = "policy" in doc
+    try:
+        policy = Policy.from_dict(doc["policy"] if exported else doc)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(source, "policy" if exported else None, str(exc)) from None
+    if not exported:
+        return PolicyFile(policy, None, None)
+    study = doc.get("study") or {}
+    if not isinstance(study.get("spec"), dict):
+        raise ConfigError(source, "study.spec", "missing: the exported policy does not name its study")
+    # relative paths in the study (checkpoint, data root) stay relative to the original study file
+    origin = study.get("source") if study.get("source") and Path(study["source"]).exists() else source
+    try:
+        spec = spec_from_dict(study["spec"], origin)
+    except ConfigError as exc:
+        where = f"{exc.field}: " if exc.field else ""
+        raise ConfigError(source, "study.spec", f"{where}{exc.message}") from None
+    run_dir = Path(study["run_dir"]) if study.get("run_dir") else None
+    seed = doc.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise ConfigError(source, "seed", f"expected a non-negative integer, got {seed!r}")
+    return PolicyFile(policy, spec, seed, study.get("name"), study.get("trial"), run_dir)
+
+
+def study_context(spec: Any, *, baseline_dir: Path, epochs: int | None = None, train_fraction: float | None = None,
+                  say: Callable[[str], None] = lambda m: None):
+    """The TrialContext of ``spec``'s trials without an Optuna study: data, baseline (loaded
+    from ``baseline_dir`` or trained and cached there), target device."""
+    from autocompress.baseline import prepare_baseline
+    from autocompress.study import build_inputs, make_context
+
+    data, teacher = build_inputs(spec)
+    ctx = make_context(spec, data, teacher)
+    Path(baseline_dir).mkdir(parents=True, exist_ok=True)
+    ctx.baseline_metrics = prepare_baseline(teacher, ctx, spec, Path(baseline_dir), log=say)
+    teacher.eval().requires_grad_(False)
+    fraction = spec.budget.train_fraction if train_fraction is None else train_fraction
+    ctx.data = data.subset_train(fraction, spec.seed)
+    if epochs is not None:
+        ctx.epochs = epochs
+    return ctx
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    out: Path
+    metrics: dict[str, float]
+    artifacts: dict[str, str]
+    provenance: str
+
+
+def apply_policy(policy_file: Path, *, epochs: int | None = None, out: Path | None = None,
+                 study_file: Path | None = None, say: Callable[[str], None] = lambda m: None) -> ApplyResult:
+    """Re-train the policy in ``policy_file`` for ``epochs`` on the whole training split and
+    write the bundle (policy.yaml, model, metrics.json, README.md) to ``out``.
+
+    Example:
+        >>> apply_policy(Path("runs/digits-cnn/export/policy.yaml"), epochs=30)  # doctest: +SKIP
+    """
+    from autocompress.baseline import BASELINE_FILE
+    from autocompress.config import load_study_spec
+    from autocompress.export import Bundle, _spec_document, source_of, structure_for, write_bundle
+    from autocompress.trial import run_trial
+
+    pf = read_policy_file(Path(policy_file))
+    spec = load_study_spec(study_file) if study_file is not None else pf.spec
+    if spec is None:
+        raise ConfigError(str(policy_file), None, "a plain policy names no study: pass --study STUDY.yaml "
+                                                  "(model, data and target to apply it to)")
+    if epochs is not None and epochs < 0:
+        raise ConfigError(None, "--epochs", "must be 0 or more")
+    if out is None:
+        home = pf.run_dir if pf.run_dir is not None and pf.run_dir.is_dir() else Path(policy_file).parent
+        out = home / "apply"
+    out = Path(out)
+    reuse = study_file is None and pf.run_dir is not None and (pf.run_dir / BASELINE_FILE).is_file()
+    baseline_dir = pf.run_dir if reuse else out
+    epochs = spec.budget.epochs if epochs is None else epochs
+    seed = spec.seed if pf.seed is None else pf.seed
+    say(f"applying '{pf.policy.describe()}' to {spec.model.reference} on {spec.data.reference}: "
+        f"{epochs} epoch(s), full training split, seed {seed}")
+    ctx = study_context(spec, baseline_dir=baseline_dir, epochs=epochs, train_fraction=1.0, say=say)
+    try:
+        result = run_trial(pf.policy, replace(ctx, seed=seed), keep_model=True)
+    except TrialFailed as exc:
+        raise AutocompressError(f"the policy cannot be applied: {exc.reason}") from None
+    origin = f"study '{pf.study_name}', trial {pf.trial}" if pf.study_name else str(policy_file)
+    provenance = (f"autocompress apply: {result.epochs_run} epoch(s) of fine-tuning on the whole training split, "
+                  f"seed {seed}, policy from {origin}; measured right after training")
+    bundle = Bundle(model=result.model, structure=structure_for(result.model, spec, ctx.data, pf.policy),
+                    policy=pf.policy, seed=seed, epochs=epochs, train_fraction=1.0,
+                    study_name=pf.study_name or spec.name, study_spec=_spec_document(spec),
+                    study_source=source_of(spec),
+                    run_dir=str(pf.run_dir) if pf.run_dir else None, trial=pf.trial, metrics=result.metrics,
+                    baseline_metrics=ctx.baseline_metrics, measured_on=result.measured_on, provenance=provenance,
+                    rule="autocompress apply", proof=result.proof, history=result.history)
+    artifacts = write_bundle(bundle, out)
+    return ApplyResult(out, result.metrics, artifacts, provenance)
