@@ -98,9 +98,13 @@ def search(
                     time.sleep(1.0)
                     bar.on_trial_end(run.study)
             finally:
-                for err in stop_workers(procs, wait=all(p.poll() is not None for p in procs)):
+                errors = stop_workers(procs, wait=all(p.poll() is not None for p in procs))
+                for err in errors:
                     console.print(f"a worker stopped with an error: {err}", highlight=False)
             bar.on_trial_end(run.study)
+            if errors and len(errors) == len(procs) and budget and budget_used(run.study) < budget:
+                raise AutocompressError(f"every worker failed ({errors[0]}); the study is kept, "
+                                        "run the same command to resume")
     _print_summary(run.study, spec.name)
     out_console.print(f"results: {run.run_dir}  ({budget_used(run.study)} trials; "
                       f"next: autocompress status {run.run_dir})", highlight=False)
@@ -110,7 +114,9 @@ def search(
 @_guard
 def worker(
     study: str = typer.Option(..., "--study", help="Study name."),
-    storage: str = typer.Option(..., help="Storage URL shared by all workers (e.g. postgresql://user@host/db)."),
+    storage: str = typer.Option(..., envvar="AUTOCOMPRESS_STORAGE",
+                                help="Storage URL shared by all workers (e.g. postgresql://user@host/db); "
+                                     "or the AUTOCOMPRESS_STORAGE variable, which keeps a password out of ps."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory for the baseline checkpoint "
                                                                  "(a path all workers see; default runs/<name>)."),
     device: Optional[str] = typer.Option(None, help="Training device of this worker, e.g. cuda:1."),
@@ -214,6 +220,84 @@ def _fmt(v) -> str:
             return f"{v / 1e3:.1f}k"
         return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
     return str(v)
+
+
+@app.command()
+@_guard
+def report(
+    study: str = typer.Argument(..., help="Study name (runs/<name>) or run directory."),
+    storage: Optional[str] = typer.Option(None, help="Storage URL, when the study is not in a local run directory."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default: <run dir>/report.html)."),
+    csv: Optional[Path] = typer.Option(None, help="Also write the trials table as CSV."),
+    parquet: Optional[Path] = typer.Option(None, help="Also write the trials table as Parquet."),
+    verbose: int = VerboseOpt,
+) -> None:
+    """Write one self-contained HTML report: Pareto front, hypervolume, importances, trials."""
+    _setup_logging(verbose)
+    from autocompress.report import write_report
+    from autocompress.results import load_results
+
+    path = write_report(load_results(study, storage=storage), out=out, csv=csv, parquet=parquet)
+    out_console.print(f"report: {path}" + "".join(f"\ntable: {p}" for p in (csv, parquet) if p), highlight=False)
+
+
+@app.command("export")
+@_guard
+def export_cmd(
+    study: str = typer.Argument(..., help="Study name (runs/<name>) or run directory."),
+    trial: Optional[int] = typer.Option(None, min=0, help="Export this trial (default: chosen by the rules)."),
+    max_accuracy_drop: Optional[float] = typer.Option(None, help="Rule: accuracy_drop <= X."),
+    min_accuracy: Optional[float] = typer.Option(None, help="Rule: accuracy >= X."),
+    minimize: Optional[str] = typer.Option(None, help="Rule: the point with the smallest METRIC "
+                                                      "(default: the knee of the front)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder (default: <run dir>/export)."),
+    storage: Optional[str] = typer.Option(None, help="Storage URL, when the study is not in a local run directory."),
+    verbose: int = VerboseOpt,
+) -> None:
+    """Pick a point of the feasible Pareto front and write policy.yaml, the model, metrics, a card."""
+    _setup_logging(verbose)
+    from autocompress.export import export_study
+    from autocompress.report.select import Rule
+    from autocompress.results import load_results
+
+    if trial is not None and any(v is not None for v in (max_accuracy_drop, min_accuracy, minimize)):
+        from autocompress.errors import ConfigError
+
+        raise ConfigError(None, "--trial", "give either --trial or selection rules, not both")
+    rule = Rule(trial=trial, max_accuracy_drop=max_accuracy_drop, min_accuracy=min_accuracy, minimize=minimize)
+    res = export_study(load_results(study, storage=storage), rule=rule, out=out, say=_say)
+    for note in res.notes:
+        console.print(f"note: {note}", highlight=False)
+    _print_artifacts(res.artifacts)
+    out_console.print(f"exported trial {res.trial} to {res.out}", highlight=False)
+
+
+@app.command("apply")
+@_guard
+def apply_cmd(
+    policy_file: Path = typer.Argument(..., help="An exported policy.yaml (or a plain policy with --study)."),
+    epochs: Optional[int] = typer.Option(None, min=0, help="Fine-tuning epochs (default: the study's budget.epochs)."),
+    study: Optional[Path] = typer.Option(None, "--study", help="Study file whose model, data and target to use "
+                                                               "instead of the ones the policy names."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder (default: <run dir>/apply)."),
+    verbose: int = VerboseOpt,
+) -> None:
+    """Re-train a policy on the whole training split and write the same bundle as export."""
+    _setup_logging(verbose)
+    from autocompress.apply import apply_policy
+
+    res = apply_policy(policy_file, epochs=epochs, out=out, study_file=study, say=_say)
+    _print_artifacts(res.artifacts)
+    m = res.metrics
+    out_console.print(f"applied: accuracy {_fmt(m.get('accuracy'))} (test {_fmt(m.get('test_accuracy'))}), "
+                      f"latency {_fmt(m.get('latency_ms'))} ms, size {_fmt(m.get('size_mb'))} MB -> {res.out}",
+                      highlight=False)
+
+
+def _print_artifacts(artifacts: dict) -> None:
+    for name, status in artifacts.items():
+        if not str(status).startswith("ok"):
+            console.print(f"note: {name} {status}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover

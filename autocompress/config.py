@@ -173,6 +173,34 @@ class TargetSpec(_Strict):
         return v
 
 
+class EarlyStoppingSpec(_Strict):
+    """Multi-objective early stopping (see docs/ARCHITECTURE.md, "Early stopping")."""
+    rule: Literal["none", "dominated"] = "dominated"
+    grace_epochs: int = Field(1, ge=0, description="never stop before this many epochs")
+    margin: float = Field(0.02, ge=0, le=1, description="accuracy gap that counts as clearly worse")
+    min_dominators: int = Field(1, ge=1, description="trials that must dominate it at the same epoch")
+
+
+class WarmStartSpec(_Strict):
+    """Policies enqueued first, so the front is never worse than these."""
+    recipes: bool = Field(True, description="the standard recipes (autocompress.efficiency.RECIPES)")
+    policies: list[dict[str, dict[str, Any]]] = Field(default_factory=list,
+                                                      description="your own, as nested policy sections")
+
+
+class HeartbeatSpec(_Strict):
+    """A worker that stops sending heartbeats for ``grace_s`` has its trial failed and retried."""
+    interval_s: int = Field(30, ge=1, le=3600)
+    grace_s: int = Field(90, ge=2, le=86400)
+    max_retry: int = Field(2, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _grace(self) -> "HeartbeatSpec":
+        if self.grace_s <= self.interval_s:
+            raise ValueError("grace_s must be longer than interval_s")
+        return self
+
+
 class StudySpec(_Strict):
     name: str
     description: str = ""
@@ -188,6 +216,11 @@ class StudySpec(_Strict):
     sampler: Literal["nsga2", "tpe", "gp", "random"] = "nsga2"
     seed: int = Field(0, ge=0, le=2**32 - 1)
     storage: str | None = None
+    prescreen: bool = Field(True, description="end a trial before training when a hard constraint "
+                                              "is already broken by its structure")
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    warm_start: WarmStartSpec = Field(default_factory=WarmStartSpec)
+    heartbeat: HeartbeatSpec = Field(default_factory=HeartbeatSpec)
 
     # set by load_study_spec, not by the file
     source: str | None = Field(None, exclude=True)
@@ -205,6 +238,11 @@ class StudySpec(_Strict):
         if not isinstance(v, list):
             raise ValueError("expected a list like ['accuracy_drop <= 0.02']")
         return [Constraint.parse(c) if isinstance(c, str) else c for c in v]
+
+    @field_validator("early_stopping", mode="before")
+    @classmethod
+    def _early_stopping(cls, v: Any) -> Any:
+        return {"rule": v} if isinstance(v, str) else v
 
     @field_validator("device")
     @classmethod
@@ -281,6 +319,13 @@ def spec_from_dict(raw: Any, source: str) -> StudySpec:
             msg = f"unknown field {suggest(err['loc'][-1], fields)}" if fields else msg
         raise ConfigError(source, loc or None, msg) from None
     spec.load_space()  # validate the space now, not at the first trial
+    from autocompress.policy import Policy
+
+    for i, p in enumerate(spec.warm_start.policies):
+        try:
+            Policy.from_dict(p)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(source, f"warm_start.policies[{i}]", str(exc)) from None
     return spec
 
 

@@ -89,12 +89,20 @@ class AugmentationPolicy:
 
 
 @dataclass(frozen=True)
+class RuntimePolicy:
+    backend: str = _choice("eager", "eager", "torchscript", "compile", "onnxruntime",
+                           doc="what runs the deployed model (graph optimization); accuracy is "
+                               "re-checked and latency measured in it (autocompress/runtimes.py)")
+
+
+@dataclass(frozen=True)
 class Policy:
     pruning: PruningPolicy = field(default_factory=PruningPolicy)
     quantization: QuantizationPolicy = field(default_factory=QuantizationPolicy)
     distillation: DistillationPolicy = field(default_factory=DistillationPolicy)
     training: TrainingPolicy = field(default_factory=TrainingPolicy)
     augmentation: AugmentationPolicy = field(default_factory=AugmentationPolicy)
+    runtime: RuntimePolicy = field(default_factory=RuntimePolicy)
 
     # -- flat params ---------------------------------------------------------------
     def to_flat(self) -> dict[str, Any]:
@@ -159,6 +167,8 @@ class Policy:
             bits.append(f"KD a={d.alpha:.2f} T={d.temperature:.1f}")
         if d.feature_weight > 0:
             bits.append(f"feat-KD w={d.feature_weight:.2f}")
+        if self.runtime.backend != "eager":
+            bits.append(self.runtime.backend)
         return " + ".join(bits) or "no compression"
 
 

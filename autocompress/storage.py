@@ -29,7 +29,8 @@ def default_storage_url(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / DB_FILE).resolve()}"
 
 
-def open_storage(url: str, *, heartbeat: bool = True, max_retry: int = 2) -> optuna.storages.RDBStorage:
+def open_storage(url: str, *, heartbeat: bool = True, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_S,
+                 max_retry: int = 2) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats: a worker that dies has its trial failed after the grace
     period and re-queued (up to ``max_retry`` times)."""
     engine_kwargs = {}
@@ -40,7 +41,7 @@ def open_storage(url: str, *, heartbeat: bool = True, max_retry: int = 2) -> opt
         engine_kwargs = {"pool_pre_ping": True}
     kwargs = {}
     if heartbeat:
-        kwargs = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S,
+        kwargs = {"heartbeat_interval": heartbeat_s, "grace_period": grace_s,
                   "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)}
     try:
         with warnings.catch_warnings():

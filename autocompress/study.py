@@ -12,7 +12,7 @@ import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,11 +20,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.baseline import prepare_baseline
+from autocompress.budget import (ATTR_BASELINE, ATTR_INTERRUPTED, ATTR_REASON, BudgetSpent, budget_lock,
+                                 budget_used, budgeted_ask, counted, running, wait_for_running)
 from autocompress.config import StudySpec, spec_to_yaml
+from autocompress.efficiency import early_stop_func, enqueue_warm_starts, load_cheap_cache, prescreen_func
 from autocompress.errors import AutocompressError, ConfigError, TrialFailed
 from autocompress.space import SearchSpace
 from autocompress.storage import STUDY_FILE, check_url, default_run_dir, default_storage_url, open_storage
-from autocompress.trial import Prescreened, TargetSettings, TrialContext, TrialResult, run_trial
+from autocompress.trial import Stopped, TargetSettings, TrialContext, TrialResult, run_trial, structure_key
 from autocompress.utils import atomic_write_text, redact_url, resolve_device, seed_everything
 from autocompress.zoo import build_data, build_model
 
@@ -33,9 +36,6 @@ log = logging.getLogger("autocompress")
 # user attribute names (the report and export read them)
 ATTR_POLICY = "policy"
 ATTR_METRICS = "metrics"
-ATTR_BASELINE = "baseline"
-ATTR_REASON = "fail_reason"
-ATTR_INTERRUPTED = "interrupted"
 
 
 # -- sampler and constraints ---------------------------------------------------------------
@@ -94,20 +94,6 @@ class StudyRun:
     trial_callbacks: list[Callable[[FrozenTrial, TrialResult | None], None]] = field(default_factory=list)
 
 
-def counted(trial: FrozenTrial) -> bool:
-    """Whether a trial uses up budget: finished, not the baseline, not an interrupted or
-    crashed attempt that is retried."""
-    if trial.user_attrs.get(ATTR_BASELINE) or trial.user_attrs.get(ATTR_INTERRUPTED):
-        return False
-    if trial.state == TrialState.FAIL and ATTR_REASON not in trial.user_attrs:
-        return False  # killed mid-trial (stale heartbeat): re-queued, not counted
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-def budget_used(study: optuna.Study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False) if counted(t))
-
-
 def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = None,
             log: Callable[[str], None] = print, create: bool = True, device: str | None = None,
             threads: int | None = None, worker_index: int = 0) -> StudyRun:
@@ -127,22 +113,19 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
     url = storage or spec.storage
     if url:
         check_url(url, "storage", spec.source)
-    data = build_data(spec.data, seed=spec.seed, source=spec.source)
-    seed_everything(spec.seed)  # the baseline's initial weights
-    teacher = build_model(spec.model, num_classes=data.num_classes, input_shape=data.input_shape,
-                          source=spec.source)
-    _check_forward(teacher, data, spec)
+    data, teacher = build_inputs(spec)
 
     fresh_dir = not (run_dir / STUDY_FILE).exists()
     url = url or default_storage_url(run_dir)
     if url.startswith("sqlite") and fresh_dir and not create:
         raise AutocompressError(f"no study under {run_dir}")
     if not url.startswith("sqlite"):
-        rdb = open_storage(url)  # fail on an unreachable database before touching the disk
+        rdb = open_storage(url, heartbeat=False)  # fail on an unreachable database before touching the disk
         _check_existing(rdb, spec)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        rdb = open_storage(url)
+        hb = spec.heartbeat
+        rdb = open_storage(url, heartbeat_s=hb.interval_s, grace_s=hb.grace_s, max_retry=hb.max_retry)
         _check_existing(rdb, spec)
         if fresh_dir:
             atomic_write_text(run_dir / STUDY_FILE, spec_to_yaml(spec))
@@ -161,20 +144,40 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
                        ("study_source", str(Path(spec.source).resolve()) if spec.source else None)):
         study.set_user_attr(key, value)
 
-    device = resolve_device(device or spec.device)
-    target = TargetSettings(device=spec.target.device, batch_size=spec.target.batch_size,
-                            threads=spec.target.threads, max_time_s=spec.target.max_time_s)
-    ctx = TrialContext(data=data, teacher=teacher, baseline_metrics={}, device=device, target=target,
-                       epochs=spec.budget.epochs, seed=spec.seed)
+    ctx = make_context(spec, data, teacher, device=device)
     from filelock import FileLock
 
     with FileLock(str(run_dir / ".baseline.lock")):  # one worker trains it, the others load it
         ctx.baseline_metrics = prepare_baseline(teacher, ctx, spec, run_dir, log=log)
         _add_baseline_trial(study, spec, ctx.baseline_metrics)
+        n = enqueue_warm_starts(study, spec, space, log)
+        if n:
+            log(f"enqueued {n} warm-start policies")
     teacher.eval().requires_grad_(False)
     study.set_user_attr("baseline_metrics", ctx.baseline_metrics)
     ctx.data = data.subset_train(spec.budget.train_fraction, spec.seed)
+    ctx.cheap_cache = load_cheap_cache(study)
     return StudyRun(spec, space, run_dir, url, study, ctx, log)
+
+
+def build_inputs(spec: StudySpec) -> tuple[Any, Any]:
+    """The study's data and its model (untrained, or loaded from the checkpoint), checked to
+    fit each other. Shared by ``prepare``, export (re-running a trial) and apply."""
+    data = build_data(spec.data, seed=spec.seed, source=spec.source)
+    seed_everything(spec.seed)  # the baseline's initial weights
+    teacher = build_model(spec.model, num_classes=data.num_classes, input_shape=data.input_shape,
+                          source=spec.source)
+    _check_forward(teacher, data, spec)
+    return data, teacher
+
+
+def make_context(spec: StudySpec, data: Any, teacher: Any, *, device: str | None = None) -> TrialContext:
+    """The context the study's trials run in, before the baseline is trained or loaded into
+    ``teacher`` (``autocompress.baseline.prepare_baseline``)."""
+    target = TargetSettings(device=spec.target.device, batch_size=spec.target.batch_size,
+                            threads=spec.target.threads, max_time_s=spec.target.max_time_s)
+    return TrialContext(data=data, teacher=teacher, baseline_metrics={}, device=resolve_device(device or spec.device),
+                        target=target, epochs=spec.budget.epochs, seed=spec.seed)
 
 
 def spec_from_storage(study_name: str, storage: str) -> StudySpec:
@@ -255,13 +258,19 @@ def make_objective(run: StudyRun) -> Callable[[optuna.Trial], list[float]]:
         trial.set_user_attr(ATTR_POLICY, policy.to_dict())
         trial.set_user_attr("policy_summary", policy.describe())
         trial.set_user_attr("worker_pid", os.getpid())
-        trial_ctx = _trial_context(ctx, spec.seed + trial.number)
+        trial_ctx = replace(ctx, seed=spec.seed + trial.number,
+                            prescreen=prescreen_func(spec, policy),
+                            on_epoch=early_stop_func(spec, run.study, policy, epochs=ctx.epochs))
+        trial.set_user_attr("structure_key", structure_key(policy))
         result: TrialResult | None = None
         try:
-            result = run_trial(policy, trial_ctx, keep_model=False)
-        except Prescreened as exc:
+            result = run_trial(policy, trial_ctx, keep_model=True)
+        except Stopped as exc:
             trial.set_user_attr(ATTR_METRICS, exc.metrics)
-            trial.set_user_attr("prescreened", exc.reason)
+            trial.set_user_attr("cheap_metrics", exc.metrics)
+            trial.set_user_attr("history", exc.history)
+            trial.set_user_attr("epochs_run", len(exc.history))
+            trial.set_user_attr("prescreened" if exc.stage == "prescreen" else "stopped_early", exc.reason)
             raise optuna.TrialPruned(exc.reason) from None
         except TrialFailed as exc:
             trial.set_user_attr(ATTR_REASON, exc.reason)
@@ -277,17 +286,12 @@ def make_objective(run: StudyRun) -> Callable[[optuna.Trial], list[float]]:
         finally:
             trial.set_user_attr("wall_s", round(time.time() - started, 3))
         _record(trial, result)
+        _save_model(run, trial, result)
         for cb in run.trial_callbacks:
             cb(trial, result)
         return [result.metrics[m] for m in spec.metric_names]
 
     return objective
-
-
-def _trial_context(ctx: TrialContext, seed: int) -> TrialContext:
-    from dataclasses import replace
-
-    return replace(ctx, seed=seed)
 
 
 def _record(trial: optuna.Trial, result: TrialResult) -> None:
@@ -297,8 +301,17 @@ def _record(trial: optuna.Trial, result: TrialResult) -> None:
     trial.set_user_attr("timings", result.timings)
     trial.set_user_attr("measured_on", result.measured_on)
     trial.set_user_attr("epochs_run", result.epochs_run)
-    if result.stopped:
-        trial.set_user_attr("stopped_early", result.stopped)
+    trial.set_user_attr("cheap_metrics", result.cheap_metrics)
+
+
+def _save_model(run: StudyRun, trial: optuna.Trial, result: TrialResult) -> None:
+    """Keep a feasible trial's model (runs/<name>/trials/<number>/) so export need not retrain."""
+    from autocompress.export import save_trial_model
+
+    saved = save_trial_model(result, run.run_dir / "trials" / str(trial.number), spec=run.spec, ctx=run.ctx)
+    if saved is not None:
+        trial.set_user_attr("model_dir", f"trials/{trial.number}")
+    result.model = None
 
 
 def optimize(run: StudyRun, *, n_trials: int | None = None, timeout: float | None = None,
@@ -313,18 +326,17 @@ def optimize(run: StudyRun, *, n_trials: int | None = None, timeout: float | Non
     objective = make_objective(run)
     start = time.monotonic()
     callbacks = [on_trial_end] if on_trial_end else []
-    while True:
-        if budget is not None and _used_or_running(run.study) >= budget:
-            break
-        if timeout is not None and time.monotonic() - start >= timeout:
-            break
-        run.study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
-
-
-def _used_or_running(study: optuna.Study) -> int:
-    trials = study.get_trials(deepcopy=False)
-    return sum(1 for t in trials if counted(t)) + sum(
-        1 for t in trials if t.state == TrialState.RUNNING and not t.user_attrs.get(ATTR_BASELINE))
+    lock = lambda: budget_lock(run.study, run.storage_url, run.run_dir)  # noqa: E731
+    with budgeted_ask(run.study, budget, lock):
+        while timeout is None or time.monotonic() - start < timeout:
+            try:
+                run.study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            except BudgetSpent:
+                if not running(run.study):
+                    break
+                # Other workers' trials are running; if one died, its trial is failed after
+                # the heartbeat grace period and re-enqueued, and this worker runs it.
+                wait_for_running(run.study, poll_s=min(5.0, run.spec.heartbeat.interval_s))
 
 
 def run_study(spec: StudySpec, *, out: Path | None = None, storage: str | None = None,

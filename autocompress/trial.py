@@ -2,7 +2,7 @@
 
 Knows nothing of Optuna, so it is testable alone. Reads top to bottom:
 copy the baseline -> structural compression -> cheap metrics (pre-screen) -> fine-tune ->
-finish structure -> post-training quantization -> measure.
+finish structure -> post-training quantization -> runtime (convert, re-check) -> measure.
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ import torch
 from torch import nn
 
 from autocompress.errors import TrialFailed
-from autocompress.metrics.accuracy import evaluate
+from autocompress.metrics.accuracy import evaluate, predict
 from autocompress.metrics.flops import count_flops
 from autocompress.metrics.latency import measure_latency
+from autocompress.metrics.memory import track_peak_memory
 from autocompress.metrics.size import compressed_size_mb, count_params, size_mb
 from autocompress.policy import Policy
+from autocompress.runtimes import Runtime, build_runtime, check_predictions
 from autocompress.techniques import build_techniques
+from autocompress.training.augment import build_batch_transform
 from autocompress.training.loop import FitResult, fine_tune, make_loader
 from autocompress.zoo.data import DataBundle
 
@@ -48,8 +51,11 @@ class TrialContext:
     # Called with the cheap metrics of the compressed, untrained model; returns a reason to
     # stop before training (a hard constraint already broken), or None.
     prescreen: Callable[[dict[str, float]], str | None] | None = None
-    # Called after each epoch with (epoch, history row); returns a reason to stop early.
-    on_epoch: Callable[[int, dict[str, float]], str | None] | None = None
+    # Called after each epoch with (epoch, history row, cheap metrics); returns a reason to
+    # stop early (multi-objective early stopping), or None.
+    on_epoch: Callable[[int, dict[str, float], dict[str, float]], str | None] | None = None
+    # Cheap metrics already measured, by structure key (see ``structure_key``).
+    cheap_cache: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def example_batch(self, n: int = 2) -> torch.Tensor:
         loader = make_loader(self.data.train, n, shuffle=False)
@@ -65,17 +71,28 @@ class TrialResult:
     timings: dict[str, float]
     measured_on: dict[str, Any]
     model: nn.Module | None = None
-    stopped: str = ""                  # non-empty: pre-screened or stopped early, and why
     epochs_run: int = 0
+    cheap_metrics: dict[str, float] = field(default_factory=dict)  # of the untrained compressed model
 
 
-class Prescreened(Exception):
-    """The compressed model already breaks a hard constraint; no training was done."""
+class Stopped(Exception):
+    """The trial was ended on purpose: ``stage`` "prescreen" (a hard constraint is broken by
+    the structure, before any training) or "early_stopping" (clearly dominated mid-training)."""
 
-    def __init__(self, reason: str, metrics: dict[str, float]) -> None:
+    def __init__(self, reason: str, metrics: dict[str, float], *, stage: str,
+                 history: list[dict[str, float]] | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.metrics = metrics
+        self.stage = stage
+        self.history = history or []
+
+
+def structure_key(policy: Policy) -> str:
+    """What decides the compressed structure (and so FLOPs, params, float latency and size)."""
+    import json
+
+    return json.dumps(policy.to_dict()["pruning"], sort_keys=True)
 
 
 def structure_metrics(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
@@ -85,25 +102,47 @@ def structure_metrics(model: nn.Module, example: torch.Tensor) -> dict[str, floa
             "nonzero_params": float(nonzero)}
 
 
-def deployed_metrics(model: nn.Module, ctx: TrialContext) -> dict[str, float]:
-    """Accuracy (val and test), latency, size of the model as it will be deployed."""
+def deployed_metrics(model: nn.Module, ctx: TrialContext, *, runtime: Runtime | None = None
+                     ) -> dict[str, float]:
+    """Accuracy (val and test), latency, peak memory, size of the model as it will be deployed:
+    run by ``runtime.module`` when given, sized by its artifact where it has one (TorchScript
+    archive, ONNX model), else by ``model``'s state dict."""
     dev = ctx.target.device
     model.to(dev).eval()
+    run = runtime.module if runtime is not None else model
     val = make_loader(ctx.data.val, ctx.eval_batch_size, shuffle=False)
     test = make_loader(ctx.data.test, ctx.eval_batch_size, shuffle=False)
-    acc = evaluate(model, val, dev)
-    lat = measure_latency(model, ctx.example_batch(), device=dev, batch_size=ctx.target.batch_size,
-                          threads=ctx.target.threads, max_time_s=ctx.target.max_time_s)
+    acc = evaluate(run, val, dev)
+    # CUDA: max allocated; CPU: growth of the process's peak RSS, a lower bound (metrics/memory.py)
+    with track_peak_memory(dev) as peak:
+        lat = measure_latency(run, ctx.example_batch(), device=dev, batch_size=ctx.target.batch_size,
+                              threads=ctx.target.threads, max_time_s=ctx.target.max_time_s)
+    artifact = runtime is not None and runtime.artifact is not None
     return {
         "accuracy": acc,
-        "test_accuracy": evaluate(model, test, dev),
+        "test_accuracy": evaluate(run, test, dev),
         "accuracy_drop": ctx.baseline_metrics.get("accuracy", acc) - acc,
         "latency_ms": lat.median_ms,
         "latency_iqr_ms": lat.iqr_ms,
         "latency_runs": float(lat.runs),
-        "size_mb": size_mb(model),
-        "size_compressed_mb": compressed_size_mb(model),
+        "peak_memory_mb": peak.mb,
+        "size_mb": runtime.size_mb if artifact else size_mb(model),
+        "size_compressed_mb": runtime.compressed_size_mb if artifact else compressed_size_mb(model),
     }
+
+
+def deploy_runtime(model: nn.Module, backend: str, ctx: TrialContext) -> tuple[Runtime, dict[str, Any]]:
+    """``model`` converted for ``backend``, its validation predictions re-checked against the
+    eager model's (``TrialFailed`` when the conversion fails or changes them)."""
+    dev = ctx.target.device
+    model.to(dev).eval()
+    runtime = build_runtime(model, backend, ctx.example_batch().to(dev), device=dev,
+                            threads=ctx.target.threads)
+    proof = {**runtime.proof(), "size_source": runtime.artifact_kind if runtime.artifact else "state dict"}
+    if backend != "eager":
+        val = make_loader(ctx.data.val, ctx.eval_batch_size, shuffle=False)
+        proof.update(check_predictions(predict(model, val, dev), predict(runtime.module, val, dev)).as_dict())
+    return runtime, proof
 
 
 def measured_on(ctx: TrialContext) -> dict[str, Any]:
@@ -119,7 +158,7 @@ def run_trial(policy: Policy, ctx: TrialContext, *, keep_model: bool = True) -> 
     """Apply ``policy`` to a copy of the baseline, fine-tune, measure.
 
     Raises ``TrialFailed`` (technique cannot apply, NaN loss, out of memory) and
-    ``Prescreened`` (a hard constraint is broken before training).
+    ``Stopped`` (pre-screened before training, or stopped early).
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -135,28 +174,36 @@ def run_trial(policy: Policy, ctx: TrialContext, *, keep_model: bool = True) -> 
     model = copy.deepcopy(ctx.teacher).to("cpu").requires_grad_(True)
     try:
         techniques = build_techniques(policy, ctx)
+        key = structure_key(policy)
+        cheap = ctx.cheap_cache.get(key)
+        if cheap is not None and ctx.prescreen is not None and (reason := ctx.prescreen(cheap)):
+            raise Stopped(f"{reason} (cached)", cheap, stage="prescreen")
         for t in techniques:
             model = t.compress(model)
         lap("compress")
 
-        cheap = structure_metrics(model, example)
-        if ctx.prescreen is not None:
+        if cheap is None:
             model.eval()
+            cheap = structure_metrics(model, example)
             cheap_lat = measure_latency(model, example, device=ctx.target.device,
                                         batch_size=ctx.target.batch_size, threads=ctx.target.threads,
                                         max_time_s=min(0.3, ctx.target.max_time_s))
             cheap.update({"latency_ms": cheap_lat.median_ms, "size_mb": size_mb(model)})
-            reason = ctx.prescreen(cheap)
-            if reason:
-                raise Prescreened(reason, cheap)
+            ctx.cheap_cache[key] = cheap
+        if ctx.prescreen is not None and (reason := ctx.prescreen(cheap)):
+            raise Stopped(reason, cheap, stage="prescreen")
         lap("cheap_metrics")
 
         for t in techniques:
             model = t.before_finetune(model)
+        on_epoch = (lambda e, row: ctx.on_epoch(e, row, cheap)) if ctx.on_epoch else None
+        augment = build_batch_transform(policy.augmentation, ctx.data, seed=ctx.seed)
         fit: FitResult = fine_tune(
             model, ctx.data.train, ctx.data.val, policy, epochs=ctx.epochs, device=ctx.device,
-            seed=ctx.seed, techniques=techniques, on_epoch=ctx.on_epoch,
-            batch_transform=_batch_transform(policy, ctx), eval_batch_size=ctx.eval_batch_size)
+            seed=ctx.seed, techniques=techniques, on_epoch=on_epoch,
+            batch_transform=augment, eval_batch_size=ctx.eval_batch_size)
+        if fit.stopped_early:
+            raise Stopped(fit.stop_reason, cheap, stage="early_stopping", history=fit.history)
         timings["data_s"] = round(fit.data_seconds, 4)
         lap("finetune")
 
@@ -168,7 +215,10 @@ def run_trial(policy: Policy, ctx: TrialContext, *, keep_model: bool = True) -> 
             model = t.post_training(model)
         lap("post_training")
 
-        metrics = {**structure, **deployed_metrics(model, ctx)}
+        runtime, runtime_proof = deploy_runtime(model, policy.runtime.backend, ctx)
+        lap("runtime")
+
+        metrics = {**structure, **deployed_metrics(model, ctx, runtime=runtime)}
         lap("measure")
     except torch.OutOfMemoryError as exc:
         raise TrialFailed(f"out of memory: {str(exc).splitlines()[0][:200]}") from None
@@ -178,16 +228,11 @@ def run_trial(policy: Policy, ctx: TrialContext, *, keep_model: bool = True) -> 
     proof: dict[str, Any] = {}
     for t in techniques:
         proof.update(t.proof())
+    if augment is not None:
+        proof.update(augment.describe())
+    proof["runtime"] = runtime_proof
     proof["size_before_mb"] = ctx.baseline_metrics.get("size_mb")
     proof["size_after_mb"] = metrics["size_mb"]
     return TrialResult(policy=policy, metrics=metrics, proof=proof, history=fit.history, timings=timings,
                        measured_on=measured_on(ctx), model=model if keep_model else None,
-                       stopped=fit.stop_reason, epochs_run=fit.epochs_run)
-
-
-def _batch_transform(policy: Policy, ctx: TrialContext):
-    try:
-        from autocompress.training.augment import build_batch_transform
-    except ModuleNotFoundError:
-        return None
-    return build_batch_transform(policy.augmentation, ctx.data, seed=ctx.seed)
+                       epochs_run=fit.epochs_run, cheap_metrics=cheap)

@@ -12,7 +12,8 @@ from autocompress.devices import assign
 
 def worker_command(study: str, storage: str, out: Path, device: str, threads: int, index: int,
                    n_trials: int | None, timeout: float | None) -> list[str]:
-    cmd = [sys.executable, "-m", "autocompress", "worker", "--study", study, "--storage", storage,
+    # the storage URL travels in the environment, not argv: it may hold a password (ps shows argv)
+    cmd = [sys.executable, "-m", "autocompress", "worker", "--study", study,
            "--out", str(out), "--device", device, "--threads", str(threads), "--worker-index", str(index)]
     if n_trials is not None:
         cmd += ["--trials", str(n_trials)]
@@ -24,13 +25,16 @@ def worker_command(study: str, storage: str, out: Path, device: str, threads: in
 def start_workers(*, study: str, storage: str, out: Path, workers: int, training_device: str,
                   n_trials: int | None, timeout: float | None, first_index: int = 1) -> list[subprocess.Popen]:
     """Start workers ``first_index..workers-1`` (the calling process is worker 0)."""
+    import os
+
     slots = assign(workers, training_device)
+    env = {**os.environ, "AUTOCOMPRESS_STORAGE": storage}
     procs = []
     for i in range(first_index, workers):
         device, threads = slots[i]
         procs.append(subprocess.Popen(
             worker_command(study, storage, out, device, threads, i, n_trials, timeout),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env))
     return procs
 
 

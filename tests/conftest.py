@@ -11,6 +11,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Tiny models train an order of magnitude faster on one thread than on two busy cores.
+torch.set_num_threads(1)
+
 TINY_SPACE = {
     "training": {
         "optimizer": {"choices": ["sgd", "adamw"]},
@@ -83,3 +86,82 @@ def digits_ctx(digits_bundle):
     return TrialContext(data=digits_bundle.subset_train(0.3, 0), teacher=teacher,
                         baseline_metrics={"accuracy": 0.1, "size_mb": 0.05},
                         target=TargetSettings(max_time_s=0.05), epochs=1, seed=0)
+
+
+# -- a throwaway PostgreSQL server -------------------------------------------------------------
+PG_HELP = ("PostgreSQL server binaries not found: install Debian's 'postgresql' package "
+           "(bash scripts/test does) or set AUTOCOMPRESS_TEST_POSTGRES_URL=postgresql://user:pw@host/db")
+PG_PASSWORD = "s3cret-pw"
+
+
+def _pg_bin() -> Path | None:
+    import glob
+    import shutil
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """Base URL (no database) of a PostgreSQL cluster started for this test session with
+    initdb/pg_ctl on loopback. In CI it must run; elsewhere it skips with how to run it."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+
+    if os.environ.get("AUTOCOMPRESS_TEST_POSTGRES_URL"):
+        yield os.environ["AUTOCOMPRESS_TEST_POSTGRES_URL"].rsplit("/", 1)[0]
+        return
+    bindir = _pg_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail(PG_HELP)
+        pytest.skip(PG_HELP)
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="autocompress-pg-"))  # pytest's tmp dirs are root-only
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    pwfile = root / "pw"
+    pwfile.write_text(PG_PASSWORD + "\n")
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+        shutil.chown(pwfile, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = lambda *cmd: subprocess.run([*prefix, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "autocompress", "-A", "scram-sha-256",
+        f"--pwfile={pwfile}", "--no-sync")
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
+        f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off", "start")
+    try:
+        yield f"postgresql://autocompress:{PG_PASSWORD}@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request):
+    """A fresh database on the session's server, for one test."""
+    import re
+
+    import sqlalchemy
+
+    name = "t_" + re.sub(r"\W", "_", request.node.name.lower())[:50]
+    engine = sqlalchemy.create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return f"{postgres_server}/{name}"

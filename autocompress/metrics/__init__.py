@@ -10,7 +10,10 @@ METRICS: dict[str, str] = {
     "accuracy_drop": "baseline validation accuracy minus this model's",
     "test_accuracy": "fraction of the test split classified correctly",
     "latency_ms": "median latency of one batch on the target device, milliseconds",
-    "size_mb": "serialized state dict, megabytes (10^6 bytes)",
+    "peak_memory_mb": "peak memory of inference on the target device, MB: CUDA max allocated "
+                      "(weights included); CPU growth of the process's peak RSS (a lower bound)",
+    "size_mb": "serialized model, megabytes (10^6 bytes): the runtime's artifact (TorchScript "
+               "archive, ONNX model) where it has one, else the state dict",
     "size_compressed_mb": "serialized state dict after zlib compression (zeros compress), MB",
     "flops": "floating-point operations of one sample's forward pass",
     "params": "parameters stored in the model (pruned-away channels are gone, zeros count)",

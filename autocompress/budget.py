@@ -1,0 +1,102 @@
+"""The trial budget, shared by every worker of a study.
+
+Each new trial is created (``study.ask``, which pops a waiting retry or warm start first)
+under a lock held across workers — a file lock for SQLite, a PostgreSQL advisory lock for
+PostgreSQL — after counting finished and running trials. So N workers finish exactly the
+budget, with no trial run twice or lost. Trials of a worker that died are failed by
+Optuna's heartbeat after the grace period and re-enqueued by
+``RetryHeartbeatStaleTrialCallback``; they do not use up budget.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from pathlib import Path
+from typing import Iterator
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+ATTR_BASELINE = "baseline"
+ATTR_REASON = "fail_reason"
+ATTR_INTERRUPTED = "interrupted"
+
+
+def counted(trial: FrozenTrial) -> bool:
+    """Whether a trial used up budget: finished, not the baseline, not an interrupted or
+    crashed attempt (those are retried)."""
+    if trial.user_attrs.get(ATTR_BASELINE) or trial.user_attrs.get(ATTR_INTERRUPTED):
+        return False
+    if trial.state == TrialState.FAIL and ATTR_REASON not in trial.user_attrs:
+        return False  # killed mid-trial (stale heartbeat): re-queued, not counted
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def budget_used(study: optuna.Study) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False) if counted(t))
+
+
+def started(study: optuna.Study) -> int:
+    """Finished trials plus running ones (the budget they take is spoken for)."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if counted(t) or (t.state == TrialState.RUNNING and not t.user_attrs.get(ATTR_BASELINE)))
+
+
+def running(study: optuna.Study) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if not t.user_attrs.get(ATTR_BASELINE))
+
+
+class BudgetSpent(Exception):
+    """No budget left for another trial."""
+
+
+@contextlib.contextmanager
+def budget_lock(study: optuna.Study, storage_url: str, run_dir: Path) -> Iterator[None]:
+    """A lock all workers of the study share while they create a trial."""
+    if storage_url.startswith("postgresql"):
+        from sqlalchemy import text
+
+        storage = study._storage
+        engine = getattr(storage, "_backend", storage).engine  # Optuna wraps RDBStorage in a cache
+        key = int.from_bytes(hashlib.sha1(f"autocompress:{study.study_name}".encode()).digest()[:7], "big")
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+        return
+    from filelock import FileLock
+
+    with FileLock(str(run_dir / ".budget.lock")):
+        yield
+
+
+@contextlib.contextmanager
+def budgeted_ask(study: optuna.Study, budget: int | None, lock) -> Iterator[None]:
+    """Inside this block ``study.ask()`` (which ``study.optimize`` calls) creates a trial only
+    while the budget has room, atomically across workers, and raises BudgetSpent otherwise."""
+    original = study.ask
+
+    def ask(*args, **kwargs):
+        with lock():
+            if budget is not None and started(study) >= budget:
+                raise BudgetSpent()
+            return original(*args, **kwargs)
+
+    study.ask = ask  # instance attribute: only this study object, only inside the block
+    try:
+        yield
+    finally:
+        del study.ask
+
+
+def wait_for_running(study: optuna.Study, poll_s: float) -> None:
+    """Sleep while trials of other workers run; fail the stale ones (dead workers) so that
+    Optuna re-enqueues them. Returns when none runs any more."""
+    while running(study):
+        time.sleep(poll_s)
+        optuna.storages.fail_stale_trials(study)

@@ -1,0 +1,173 @@
+"""Scale-out and reliability: many workers on PostgreSQL and on the embedded store, crash-safe
+resume with kill -9, broken trials recorded, passwords never printed."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from typer.testing import CliRunner
+
+from autocompress.cli import app
+
+from conftest import PG_PASSWORD
+
+runner = CliRunner()
+
+# tiny and fast: an MLP, no fine-tuning, a short latency measurement
+FAST = dict(model={"builtin": "mlp", "kwargs": {"hidden": 16, "depth": 1}},
+            budget={"trials": 100, "epochs": 0, "train_fraction": 0.05},
+            target={"device": "cpu", "batch_size": 1, "threads": 1, "max_time_s": 0.01},
+            early_stopping="none", warm_start={"recipes": False})
+
+
+def _searched(study):
+    return [t for t in study.get_trials() if not t.user_attrs.get("baseline")]
+
+
+def _check_exact(study, n):
+    searched = _searched(study)
+    assert len(searched) == n, f"{len(searched)} trials, expected {n}"
+    assert all(t.state.name == "COMPLETE" for t in searched)
+    assert len({t.number for t in study.get_trials()}) == len(study.get_trials())
+    assert all("accuracy" in t.user_attrs["metrics"] for t in searched)
+
+
+def test_four_workers_on_postgres_finish_exactly_100_trials(write_study, tmp_path, postgres_url):
+    study_file = write_study(name="pg-study", **FAST)
+    start = time.time()
+    result = runner.invoke(app, ["search", str(study_file), "--out", str(tmp_path / "run"),
+                                 "--storage", postgres_url, "--workers", "4"])
+    elapsed = time.time() - start
+    assert result.exit_code == 0, result.output
+    assert PG_PASSWORD not in result.output
+    study = optuna.load_study(study_name="pg-study", storage=postgres_url)
+    _check_exact(study, 100)
+    pids = {t.user_attrs["worker_pid"] for t in _searched(study)}
+    print(f"\n4 workers x PostgreSQL: 100 trials in {elapsed:.1f} s, {len(pids)} workers ran trials")
+    assert len(pids) >= 2
+
+    status = runner.invoke(app, ["status", "pg-study", "--storage", postgres_url])
+    assert status.exit_code == 0 and "100 complete" in status.output
+    assert PG_PASSWORD not in status.output
+
+
+def test_two_workers_on_the_embedded_store_finish_exactly_50_trials(write_study, tmp_path):
+    study_file = write_study(**{**FAST, "budget": {**FAST["budget"], "trials": 50}})
+    start = time.time()
+    result = runner.invoke(app, ["search", str(study_file), "--out", str(tmp_path / "run"), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    _check_exact(study, 50)
+    print(f"\n2 workers x SQLite: 50 trials in {time.time() - start:.1f} s")
+
+
+def test_a_worker_joins_from_the_storage_alone(write_study, tmp_path, postgres_url):
+    study_file = write_study(name="joined", **{**FAST, "budget": {**FAST["budget"], "trials": 3}})
+    run_dir = tmp_path / "shared"
+    assert runner.invoke(app, ["search", str(study_file), "--out", str(run_dir), "--storage", postgres_url,
+                               "--trials", "1"]).exit_code == 0
+    # another machine: knows only the study name, the URL and a shared path for the baseline
+    result = runner.invoke(app, ["worker", "--study", "joined", "--out", str(run_dir)],
+                           env={"AUTOCOMPRESS_STORAGE": postgres_url})
+    assert result.exit_code == 0, result.output
+    _check_exact(optuna.load_study(study_name="joined", storage=postgres_url), 3)
+
+
+def test_unreachable_database_is_one_line_without_the_password(write_study, tmp_path):
+    url = f"postgresql://someone:{PG_PASSWORD}@127.0.0.1:1/nowhere"
+    result = runner.invoke(app, ["search", str(write_study()), "--out", str(tmp_path / "run"), "--storage", url])
+    assert result.exit_code == 2
+    assert "cannot open" in result.output and "someone:***@" in result.output
+    assert PG_PASSWORD not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_kill_9_during_trials_then_resume(write_study, tmp_path):
+    """Kill a worker at random moments, several times; resuming meets the budget, keeps
+    every completed trial, and retries the killed ones."""
+    budget = 10
+    study_file = write_study(
+        budget={"trials": budget, "epochs": 3, "train_fraction": 0.5}, early_stopping="none",
+        warm_start={"recipes": False}, heartbeat={"interval_s": 1, "grace_s": 3, "max_retry": 5},
+        target={"device": "cpu", "batch_size": 1, "threads": 1, "max_time_s": 0.02})
+    run_dir = tmp_path / "run"
+    url = f"sqlite:///{run_dir / 'study.db'}"
+    assert runner.invoke(app, ["search", str(study_file), "--out", str(run_dir), "--trials", "1"]).exit_code == 0
+    rng = random.Random(0)
+    env = {**os.environ, "AUTOCOMPRESS_STORAGE": url}
+    kills = 0
+    completed_before = {}
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "autocompress", "worker", "--study", "tiny",
+                                 "--out", str(run_dir), "--threads", "1"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        study = optuna.load_study(study_name="tiny", storage=url)
+        deadline = time.time() + 90
+        seen = {t.number for t in study.get_trials()}
+        while time.time() < deadline and not any(t.state.name == "RUNNING" and t.number not in seen
+                                                 for t in study.get_trials()):
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0.1, 1.0))  # somewhere inside a trial
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        completed_before.update({t.number: t.user_attrs["metrics"] for t in study.get_trials()
+                                 if t.state.name == "COMPLETE" and not t.user_attrs.get("baseline")})
+    result = runner.invoke(app, ["search", str(study_file), "--out", str(run_dir)])
+    assert result.exit_code == 0, result.output
+
+    study = optuna.load_study(study_name="tiny", storage=url)
+    trials = study.get_trials()
+    complete = [t for t in _searched(study) if t.state.name == "COMPLETE"]
+    killed = [t for t in trials if t.state.name == "FAIL" and "fail_reason" not in t.user_attrs]
+    assert len(complete) == budget
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    assert 2 <= len(killed) <= kills
+    retried_from = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
+    assert {t.number for t in killed} <= retried_from  # every killed trial was retried
+    for number, metrics in completed_before.items():  # nothing computed before a kill is lost
+        assert study.trials[number].user_attrs["metrics"] == metrics
+    assert torch.load(run_dir / "baseline.pt", weights_only=True)
+    leftovers = [p for p in run_dir.rglob("*.tmp") if p.stat().st_size and not p.name.startswith(".")]
+    assert not leftovers
+    print(f"\nkill -9 x{kills}: {len(killed)} trial(s) killed mid-run and retried; "
+          f"{len(complete)} complete")
+
+
+def test_out_of_memory_in_a_trial_is_recorded_and_the_study_goes_on(write_study, tmp_path, write_text):
+    write_text("oom_models.py", """
+        import torch
+        from torch import nn
+
+        class Hungry(nn.Module):
+            def __init__(self, num_classes, in_channels):
+                super().__init__()
+                self.fc = nn.Linear(64 * in_channels, num_classes)
+            def forward(self, x):
+                if self.training:
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+                return self.fc(x.flatten(1))
+
+        def build(num_classes, in_channels):
+            return Hungry(num_classes, in_channels)
+    """)
+    study_file = write_study(model={"factory": "oom_models:build"}, baseline={"epochs": 0})
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["search", str(study_file), "--out", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'study.db'}")
+    failed = _searched(study)
+    assert len(failed) == 2 and all(t.state.name == "FAIL" for t in failed)
+    assert all("out of memory" in t.user_attrs["fail_reason"] for t in failed)
+    status = runner.invoke(app, ["status", str(run_dir)])
+    assert "out of memory" in status.output
+    sys.modules.pop("oom_models", None)

@@ -1,0 +1,145 @@
+"""Pre-screening, multi-objective early stopping and warm starts."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autocompress.config import spec_from_dict
+from autocompress.efficiency import (RECIPES, early_stop_func, enqueue_warm_starts, prescreen_func,
+                                     warm_start_params)
+from autocompress.policy import Policy, PruningPolicy, QuantizationPolicy
+from autocompress.space import load_space
+from autocompress.trial import Stopped, run_trial
+
+from conftest import tiny_study
+
+
+def _spec(**overrides):
+    return spec_from_dict(tiny_study(**overrides), "study.yaml")
+
+
+def _done(study, acc_curve, cheap, mode="none"):
+    study.add_trial(optuna.trial.create_trial(
+        values=[acc_curve[-1], cheap["latency_ms"]],
+        user_attrs={"history": [{"epoch": i + 1, "val_accuracy": a} for i, a in enumerate(acc_curve)],
+                    "cheap_metrics": cheap, "policy": Policy(quantization=QuantizationPolicy(mode=mode)).to_dict()}))
+
+
+def test_dominated_trial_is_stopped_and_others_are_kept():
+    spec = _spec(early_stopping={"rule": "dominated", "grace_epochs": 1, "margin": 0.02})
+    study = optuna.create_study(directions=spec.directions)
+    _done(study, [0.90, 0.95, 0.97], {"latency_ms": 0.5, "size_mb": 1.0})
+    rule = early_stop_func(spec, study, Policy(), epochs=3)
+
+    # same cost, far lower accuracy at epoch 1 -> stopped, naming the dominating trial
+    reason = rule(1, {"val_accuracy": 0.50}, {"latency_ms": 0.5, "size_mb": 1.0})
+    assert reason and "dominated at epoch 1" in reason and "0" in reason
+    # within the margin -> kept
+    assert rule(1, {"val_accuracy": 0.89}, {"latency_ms": 0.5}) is None
+    # cheaper than every finished trial -> nothing dominates it, kept however bad it is
+    assert rule(1, {"val_accuracy": 0.10}, {"latency_ms": 0.1}) is None
+    # the last epoch is never cut (nothing left to save)
+    assert rule(3, {"val_accuracy": 0.10}, {"latency_ms": 0.5}) is None
+    # a different number format is not comparable
+    int8 = early_stop_func(spec, study, Policy(quantization=QuantizationPolicy(mode="static_int8")), epochs=3)
+    assert int8(1, {"val_accuracy": 0.10}, {"latency_ms": 0.5}) is None
+
+
+def test_grace_epochs_and_rule_none():
+    spec = _spec(early_stopping={"rule": "dominated", "grace_epochs": 2})
+    study = optuna.create_study(directions=spec.directions)
+    _done(study, [0.9, 0.95, 0.97], {"latency_ms": 0.5})
+    rule = early_stop_func(spec, study, Policy(), epochs=3)
+    assert rule(1, {"val_accuracy": 0.1}, {"latency_ms": 0.5}) is None
+    assert rule(2, {"val_accuracy": 0.1}, {"latency_ms": 0.5})
+    assert early_stop_func(_spec(early_stopping="none"), study, Policy(), epochs=3) is None
+
+
+def test_prescreen_only_uses_metrics_that_are_final():
+    spec = _spec(constraints=["params <= 1000", "latency_ms <= 0.1"])
+    check = prescreen_func(spec, Policy())
+    assert "params" in check({"params": 5000, "latency_ms": 0.05})
+    assert check({"params": 500, "latency_ms": 0.05}) is None
+    # int8 will shrink latency later: only params can be judged now
+    q = prescreen_func(spec, Policy(quantization=QuantizationPolicy(mode="static_int8")))
+    assert q({"params": 500, "latency_ms": 9.0}) is None
+    # gradual pruning changes the structure during training: nothing is final
+    assert prescreen_func(spec, Policy(pruning=PruningPolicy(method="gradual"))) is None
+
+
+def test_prescreen_ends_the_trial_before_any_optimizer_step(digits_ctx, monkeypatch):
+    import torch
+
+    steps = []
+    monkeypatch.setattr(torch.optim.Optimizer, "zero_grad", lambda self, *a, **k: steps.append(1))
+    digits_ctx.prescreen = lambda cheap: "too many params" if cheap["params"] > 10 else None
+    with pytest.raises(Stopped) as err:
+        run_trial(Policy(), digits_ctx)
+    assert err.value.stage == "prescreen" and err.value.metrics["params"] > 10
+    assert steps == []
+    # the second time the cached cheap metrics decide, before compressing anything
+    with pytest.raises(Stopped, match="cached"):
+        run_trial(Policy(), digits_ctx)
+
+
+def test_prescreened_trials_are_pruned_in_the_study(write_study, tmp_path):
+    from typer.testing import CliRunner
+
+    from autocompress.cli import app
+
+    study_file = write_study(constraints=["params <= 100"])
+    result = CliRunner().invoke(app, ["search", str(study_file), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    searched = [t for t in study.get_trials() if not t.user_attrs.get("baseline")]
+    assert [t.state.name for t in searched] == ["PRUNED", "PRUNED"]
+    assert all("params" in t.user_attrs["prescreened"] and t.user_attrs["epochs_run"] == 0 for t in searched)
+    assert all(t.system_attrs["constraints"][0] > 0 for t in searched)  # the sampler sees the violation
+
+
+SPACE = {
+    "pruning": {"method": {"choices": ["none", "weight", "structured"]},
+                "criterion": {"choices": ["l1", "fpgm"], "when": {"method": ["structured"]}},
+                "ratio": {"low": 0.1, "high": 0.8, "when": {"method": ["weight", "structured"]}}},
+    "quantization": {"mode": {"choices": ["none", "static_int8", "qat_int8"]}},
+    "distillation": {"alpha": {"low": 0.0, "high": 0.9}, "temperature": {"low": 1.0, "high": 8.0}},
+}
+
+
+def test_warm_start_params_follow_the_space():
+    space = load_space(SPACE)
+    params = warm_start_params(space, RECIPES["structured-l1-50+static-int8+kd-t4"])
+    assert params == {"pruning.method": "structured", "pruning.criterion": "l1", "pruning.ratio": 0.5,
+                      "quantization.mode": "static_int8", "distillation.alpha": 0.5,
+                      "distillation.temperature": 4.0}
+    # a space without quantization cannot express an int8 recipe
+    no_quant = load_space({k: v for k, v in SPACE.items() if k != "quantization"})
+    assert warm_start_params(no_quant, RECIPES["static-int8"]) is None
+
+
+def test_warm_starts_come_first_and_are_marked():
+    spec = _spec(search_space=SPACE, warm_start={"recipes": True, "policies": [
+        {"pruning": {"method": "weight", "ratio": 0.3}}]})
+    study = optuna.create_study(directions=spec.directions)
+    n = enqueue_warm_starts(study, spec, spec.load_space(), lambda m: None)
+    assert n == len(RECIPES) + 1
+    assert enqueue_warm_starts(study, spec, spec.load_space(), lambda m: None) == 0  # once per study
+    space = spec.load_space()
+    first = []
+    for _ in range(n):
+        trial = study.ask()
+        first.append((trial.user_attrs["warm_start"], space.sample(trial)))
+        study.tell(trial, [0.0, 0.0])
+    names = [name for name, _ in first]
+    assert names[:len(RECIPES)] == list(RECIPES) and names[-1] == "user-0"
+    policy = dict(first)["structured-l1-50+static-int8+kd-t4"]
+    assert policy.pruning.method == "structured" and policy.quantization.mode == "static_int8"
+    assert dict(first)["user-0"].pruning.ratio == 0.3
+
+
+def test_bad_warm_start_policy_is_a_config_error():
+    from autocompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"warm_start.policies\[0\]"):
+        _spec(warm_start={"policies": [{"prunning": {}}]})
