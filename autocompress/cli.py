@@ -13,12 +13,37 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 
 from autocompress.errors import AutocompressError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """Usage errors (an unknown option, a value of the wrong type) as one line, exit code 2."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except Exception as exc:  # typer ships its own copy of click: match its classes by name
+            names = {c.__name__ for c in type(exc).__mro__}
+            if "UsageError" in names:
+                ctx = getattr(exc, "ctx", None)
+                where = ctx.command_path if ctx is not None else "autocompress"
+                console.print(f"[bold red]error:[/] {where}: {exc.format_message()}", highlight=False,
+                              soft_wrap=True)
+                sys.exit(2)
+            if "Abort" in names:
+                sys.exit(130)
+            raise
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+        return rv
+
+
+app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
                   help="Search compression policies (pruning, quantization, distillation) with Optuna.")
 console = Console(stderr=True)
 out_console = Console()

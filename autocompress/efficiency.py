@@ -37,12 +37,12 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "structured-l1-50+static-int8+kd-t4": {
         "pruning": {"method": "structured", "criterion": "l1", "ratio": 0.5},
         "quantization": {"mode": "static_int8"},
-        "distillation": {"alpha": 0.5, "temperature": 4.0},
+        "distillation": {"method": "soft", "alpha": 0.5, "temperature": 4.0},
     },
     "static-int8": {"quantization": {"mode": "static_int8"}},
     "weight-50+kd-t4": {
         "pruning": {"method": "weight", "ratio": 0.5},
-        "distillation": {"alpha": 0.5, "temperature": 4.0},
+        "distillation": {"method": "soft", "alpha": 0.5, "temperature": 4.0},
     },
     "structured-fpgm-30+qat-int8": {
         "pruning": {"method": "structured", "criterion": "fpgm", "ratio": 0.3},

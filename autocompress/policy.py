@@ -52,11 +52,23 @@ class QuantizationPolicy:
 
 @dataclass(frozen=True)
 class DistillationPolicy:
+    method: str = _choice("none", "none", "soft", "feature", "soft+feature",
+                          doc="soft: soft targets of the teacher; feature: intermediate feature maps")
     alpha: float = _knob(0.0, "weight of the soft-target loss (0 = no distillation)", low=0.0, high=1.0)
     temperature: float = _knob(4.0, "softmax temperature of the soft targets", low=0.05)
     feature_weight: float = _knob(0.0, "weight of the feature-map loss (0 = off)", low=0.0)
     feature_layers: tuple[str, ...] = _knob((), "module names whose outputs are matched "
                                                 "(empty = the last feature block)")
+
+    @property
+    def soft_alpha(self) -> float:
+        """The soft-target weight in effect (0 unless ``method`` includes soft targets)."""
+        return self.alpha if "soft" in self.method else 0.0
+
+    @property
+    def feature_loss_weight(self) -> float:
+        """The feature-map loss weight in effect (0 unless ``method`` includes features)."""
+        return self.feature_weight if "feature" in self.method else 0.0
 
 
 @dataclass(frozen=True)
@@ -163,9 +175,9 @@ class Policy:
             bits.append(f"{p.method} {p.criterion} {p.ratio:.0%}")
         if q.mode != "none":
             bits.append(q.mode)
-        if d.alpha > 0:
+        if d.soft_alpha > 0:
             bits.append(f"KD a={d.alpha:.2f} T={d.temperature:.1f}")
-        if d.feature_weight > 0:
+        if d.feature_loss_weight > 0:
             bits.append(f"feat-KD w={d.feature_weight:.2f}")
         if self.runtime.backend != "eager":
             bits.append(self.runtime.backend)

@@ -25,8 +25,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def policy(quant: str = "none", **knobs) -> Policy:
-    return Policy(distillation=DistillationPolicy(**knobs), quantization=QuantizationPolicy(mode=quant),
+def policy(quant: str = "none", method: str = "soft+feature", **knobs) -> Policy:
+    return Policy(distillation=DistillationPolicy(method=method, **knobs), quantization=QuantizationPolicy(mode=quant),
                   training=TrainingPolicy(batch_size=64))
 
 

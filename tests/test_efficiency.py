@@ -103,7 +103,9 @@ SPACE = {
                 "criterion": {"choices": ["l1", "fpgm"], "when": {"method": ["structured"]}},
                 "ratio": {"low": 0.1, "high": 0.8, "when": {"method": ["weight", "structured"]}}},
     "quantization": {"mode": {"choices": ["none", "static_int8", "qat_int8"]}},
-    "distillation": {"alpha": {"low": 0.0, "high": 0.9}, "temperature": {"low": 1.0, "high": 8.0}},
+    "distillation": {"method": {"choices": ["none", "soft"]},
+                     "alpha": {"low": 0.0, "high": 0.9, "when": {"method": ["soft"]}},
+                     "temperature": {"low": 1.0, "high": 8.0, "when": {"method": ["soft"]}}},
 }
 
 
@@ -111,7 +113,7 @@ def test_warm_start_params_follow_the_space():
     space = load_space(SPACE)
     params = warm_start_params(space, RECIPES["structured-l1-50+static-int8+kd-t4"])
     assert params == {"pruning.method": "structured", "pruning.criterion": "l1", "pruning.ratio": 0.5,
-                      "quantization.mode": "static_int8", "distillation.alpha": 0.5,
+                      "quantization.mode": "static_int8", "distillation.method": "soft", "distillation.alpha": 0.5,
                       "distillation.temperature": 4.0}
     # a space without quantization cannot express an int8 recipe
     no_quant = load_space({k: v for k, v in SPACE.items() if k != "quantization"})

@@ -109,7 +109,7 @@ class Distillation(Technique):
     def before_finetune(self, model: nn.Module) -> nn.Module:
         # A private copy: hooks on it can never leak into the shared teacher if the trial dies.
         self.teacher = copy.deepcopy(self.ctx.teacher).to(self.ctx.device).eval().requires_grad_(False)
-        if self.d.feature_weight > 0:
+        if self.d.feature_loss_weight > 0:
             self._set_up_features(model)
         return model
 
@@ -164,13 +164,13 @@ class Distillation(Technique):
             teacher_logits = self.teacher(inputs)
         total = loss
         parts = {"task_loss": loss.detach()}
-        if self.d.alpha > 0:
+        if self.d.soft_alpha > 0:
             kd = soft_target_loss(logits, teacher_logits, self.d.temperature)
-            total = (1 - self.d.alpha) * loss + self.d.alpha * kd
+            total = (1 - self.d.soft_alpha) * loss + self.d.soft_alpha * kd
             parts["kd_loss"] = kd.detach()
-        if self.d.feature_weight > 0:
+        if self.d.feature_loss_weight > 0:
             feat = self._feature_loss()
-            total = total + self.d.feature_weight * feat
+            total = total + self.d.feature_loss_weight * feat
             parts["feature_loss"] = feat.detach()
         parts["total_loss"] = total.detach()
         for key, value in parts.items():
@@ -206,9 +206,10 @@ class Distillation(Technique):
         projections = {str(self.taps[int(k)]): f"{type(p).__name__} {_in_width(p)}->{_out_width(p)}"
                        for k, p in self.projections.items()}
         return {"distillation": {
-            "alpha": self.d.alpha,
-            "temperature": self.d.temperature if self.d.alpha > 0 else None,
-            "feature_weight": self.d.feature_weight,
+            "method": self.d.method,
+            "alpha": self.d.soft_alpha,
+            "temperature": self.d.temperature if self.d.soft_alpha > 0 else None,
+            "feature_weight": self.d.feature_loss_weight,
             "feature_layers": [str(t) for t in self.taps],
             "projections": projections,
             "last_epoch_mean": dict(self._last_epoch),  # measured: task vs distillation losses
@@ -237,6 +238,6 @@ def _out_width(p: nn.Module) -> int:
 
 def build(policy: "Policy", ctx: "TrialContext") -> Technique | None:
     d = policy.distillation
-    if d.alpha <= 0 and d.feature_weight <= 0:
+    if d.soft_alpha <= 0 and d.feature_loss_weight <= 0:
         return None
     return Distillation(policy, ctx)
