@@ -171,7 +171,9 @@ class Policy:
         """One short human line: what this policy does."""
         p, q, d = self.pruning, self.quantization, self.distillation
         bits = []
-        if p.method != "none":
+        if p.method == "weight":
+            bits.append(f"weight {p.scope} {p.ratio:.0%}")
+        elif p.method != "none":
             bits.append(f"{p.method} {p.criterion} {p.ratio:.0%}")
         if q.mode != "none":
             bits.append(q.mode)
