@@ -164,6 +164,8 @@ class TargetSpec(_Strict):
     batch_size: int = Field(1, ge=1, le=65536)
     threads: int | None = Field(1, ge=1, le=1024, description="CPU threads; null = all")
     max_time_s: float = Field(1.0, gt=0, le=600, description="cap on timed runs per model")
+    throughput_batch_size: int | None = Field(None, ge=1, le=65536,
+                                              description="also measure throughput_sps at this batch size")
 
     @field_validator("device")
     @classmethod
@@ -256,6 +258,9 @@ class StudySpec(_Strict):
         names = [o.metric for o in self.objectives]
         if len(set(names)) != len(names):
             raise ValueError("each metric may appear once in objectives")
+        used = names + [c.metric for c in self.constraints]
+        if "throughput_sps" in used and not self.target.throughput_batch_size:
+            raise ValueError("throughput_sps needs target.throughput_batch_size (e.g. 32)")
         return self
 
     @property

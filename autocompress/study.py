@@ -175,7 +175,8 @@ def make_context(spec: StudySpec, data: Any, teacher: Any, *, device: str | None
     """The context the study's trials run in, before the baseline is trained or loaded into
     ``teacher`` (``autocompress.baseline.prepare_baseline``)."""
     target = TargetSettings(device=spec.target.device, batch_size=spec.target.batch_size,
-                            threads=spec.target.threads, max_time_s=spec.target.max_time_s)
+                            threads=spec.target.threads, max_time_s=spec.target.max_time_s,
+                            throughput_batch_size=spec.target.throughput_batch_size)
     return TrialContext(data=data, teacher=teacher, baseline_metrics={}, device=resolve_device(device or spec.device),
                         target=target, epochs=spec.budget.epochs, seed=spec.seed)
 

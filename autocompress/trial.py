@@ -36,6 +36,7 @@ class TargetSettings:
     batch_size: int = 1
     threads: int | None = 1
     max_time_s: float = 1.0
+    throughput_batch_size: int | None = None   # also measure throughput_sps at this batch size
 
 
 @dataclass
@@ -118,7 +119,13 @@ def deployed_metrics(model: nn.Module, ctx: TrialContext, *, runtime: Runtime | 
         lat = measure_latency(run, ctx.example_batch(), device=dev, batch_size=ctx.target.batch_size,
                               threads=ctx.target.threads, max_time_s=ctx.target.max_time_s)
     artifact = runtime is not None and runtime.artifact is not None
+    throughput = {}
+    if ctx.target.throughput_batch_size:  # batch-N throughput is an objective of its own
+        big = measure_latency(run, ctx.example_batch(), device=dev, batch_size=ctx.target.throughput_batch_size,
+                              threads=ctx.target.threads, max_time_s=ctx.target.max_time_s)
+        throughput = {"throughput_sps": ctx.target.throughput_batch_size / (big.median_ms / 1e3)}
     return {
+        **throughput,
         "accuracy": acc,
         "test_accuracy": evaluate(run, test, dev),
         "accuracy_drop": ctx.baseline_metrics.get("accuracy", acc) - acc,

@@ -96,3 +96,24 @@ def test_durations_and_constraints():
     assert c.violation(0.4) < 0 < c.violation(0.6)
     c = Constraint.parse("accuracy >= 0.9")
     assert c.violation(0.95) < 0 < c.violation(0.8)
+
+
+def test_throughput_objective_needs_its_batch_size(write_study):
+    objectives = [{"metric": "accuracy", "direction": "maximize"},
+                  {"metric": "throughput_sps", "direction": "maximize"}]
+    with pytest.raises(ConfigError, match="throughput_batch_size"):
+        load_study_spec(write_study(objectives=objectives))
+    spec = load_study_spec(write_study(objectives=objectives,
+                                       target={"device": "cpu", "batch_size": 1, "throughput_batch_size": 32}))
+    assert spec.target.throughput_batch_size == 32
+
+
+def test_batch_1_latency_and_batch_n_throughput_are_both_measured(digits_ctx):
+    from autocompress.policy import Policy
+    from autocompress.trial import run_trial
+
+    digits_ctx.target.throughput_batch_size = 32
+    m = run_trial(Policy(), digits_ctx).metrics
+    assert m["latency_ms"] > 0 and m["throughput_sps"] > 0
+    # 32 samples per batch: far more samples per second than one batch-1 call gives
+    assert m["throughput_sps"] > 1e3 / m["latency_ms"]

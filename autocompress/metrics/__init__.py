@@ -9,6 +9,7 @@ METRICS: dict[str, str] = {
     "accuracy": "fraction of the validation split classified correctly",
     "accuracy_drop": "baseline validation accuracy minus this model's",
     "test_accuracy": "fraction of the test split classified correctly",
+    "throughput_sps": "samples per second at target.throughput_batch_size on the target device",
     "latency_ms": "median latency of one batch on the target device, milliseconds",
     "peak_memory_mb": "peak memory of inference on the target device, MB: CUDA max allocated "
                       "(weights included); CPU growth of the process's peak RSS (a lower bound)",
