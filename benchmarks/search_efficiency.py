@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-efficiency")
     args = ap.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are recorded, not logged
     raw = yaml.safe_load((REPO / "studies" / "digits_cnn.yaml").read_text())
     raw["constraints"] = list(raw.get("constraints", [])) + ["params <= 100000"]
     raw["budget"] = {**raw["budget"], "timeout": None}

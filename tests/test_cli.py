@@ -141,3 +141,51 @@ def test_existing_study_with_other_objectives_is_refused(write_study, tmp_path):
 def test_status_of_unknown_study(tmp_path):
     result = runner.invoke(app, ["status", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "no study" in result.output
+
+
+def test_ctrl_c_stops_cleanly_and_the_study_resumes(write_study, tmp_path, monkeypatch):
+    import autocompress.study as study_mod
+
+    real = study_mod.run_trial
+    calls = []
+
+    def interrupted_once(policy, ctx, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(policy, ctx, **kw)
+
+    monkeypatch.setattr(study_mod, "run_trial", interrupted_once)
+    study_file = write_study()
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["search", str(study_file), "--out", str(run_dir)])
+    assert result.exit_code == 130, result.output
+    assert "run the same command to resume" in result.output
+    trials = _load(run_dir).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert trials[2].user_attrs.get("interrupted") is True
+
+    again = runner.invoke(app, ["search", str(study_file), "--out", str(run_dir)])
+    assert again.exit_code == 0, again.output
+    searched = [t for t in _load(run_dir).get_trials() if not t.user_attrs.get("baseline")]
+    assert sum(t.state.name == "COMPLETE" for t in searched) == 2  # the interrupted trial did not count
+
+
+def test_optuna_dashboard_opens_our_study(write_study, tmp_path):
+    import io
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    import optuna_dashboard
+
+    run_dir = tmp_path / "run"
+    assert runner.invoke(app, ["search", str(write_study()), "--out", str(run_dir), "--trials", "1"]).exit_code == 0
+    wsgi = optuna_dashboard.wsgi(f"sqlite:///{run_dir / 'study.db'}")
+    environ = {"PATH_INFO": "/api/studies", "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()}
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(wsgi(environ, lambda s, h, *exc: status.append(s)))
+    assert status[0].startswith("200")
+    studies = json.loads(body)["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["tiny"]
+    assert studies[0]["directions"] == ["maximize", "minimize"]
