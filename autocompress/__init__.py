@@ -13,7 +13,7 @@ _logging.getLogger("torch.utils.cpp_extension").setLevel(_logging.ERROR)
 
 from autocompress.config import StudySpec, load_study_spec
 from autocompress.errors import AutocompressError, ConfigError, TrialFailed
-from autocompress.export import load_exported
+from autocompress.rebuild import load_exported
 from autocompress.policy import Policy
 from autocompress.space import SearchSpace, load_space
 from autocompress.study import run_study

@@ -104,7 +104,8 @@ def apply_policy(policy_file: Path, *, epochs: int | None = None, out: Path | No
     """
     from autocompress.baseline import BASELINE_FILE
     from autocompress.config import load_study_spec
-    from autocompress.export import Bundle, _spec_document, source_of, structure_for, write_bundle
+    from autocompress.export import Bundle, _spec_document, source_of, write_bundle
+    from autocompress.rebuild import structure_for
     from autocompress.trial import run_trial
 
     pf = read_policy_file(Path(policy_file))

@@ -104,7 +104,8 @@ def search(
     _setup_logging(verbose)
     from autocompress.config import load_study_spec
     from autocompress.progress import SearchProgress
-    from autocompress.study import budget_used, optimize, prepare
+    from autocompress.budget import budget_used
+    from autocompress.study import optimize, prepare
     from autocompress.workers import start_workers, stop_workers
 
     spec = load_study_spec(study_file)

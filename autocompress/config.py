@@ -215,7 +215,7 @@ class StudySpec(_Strict):
     baseline: BaselineSpec = Field(default_factory=BaselineSpec)
     target: TargetSpec = Field(default_factory=TargetSpec)
     device: str = Field("auto", description="training device: auto, cpu, cuda, cuda:N, mps")
-    sampler: Literal["nsga2", "tpe", "gp", "random"] = "nsga2"
+    sampler: Literal["nsga2", "tpe", "gp", "random"] = "tpe"  # best at small budgets (docs/BENCHMARKS.md)
     seed: int = Field(0, ge=0, le=2**32 - 1)
     storage: str | None = None
     prescreen: bool = Field(True, description="end a trial before training when a hard constraint "

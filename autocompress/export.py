@@ -1,29 +1,22 @@
-"""Export one trial as a reproducible bundle, and load an exported model back.
+"""Export one trial as a reproducible bundle.
 
 A bundle (``runs/<name>/export/`` by default) holds:
 
 - ``policy.yaml``: every knob, the seed, and the study it came from (model, data, target), so
   ``autocompress apply`` can re-train it;
-- ``model.pt`` (a plain state dict, loaded with ``weights_only=True``) and ``structure.json``
-  (what rebuilds the module tree: the model reference, the in/out widths of every layer after
-  pruning, the quantization mode), plus ``model.torchscript.pt`` and ``model.onnx`` where the
-  model allows (a failure is written in the card, never fatal);
+- ``model.pt`` and ``structure.json`` (``autocompress.rebuild``: what ``load_exported`` rebuilds
+  the model from), plus ``model.torchscript.pt`` and ``model.onnx`` where the model allows (a
+  failure is written in the card, never fatal);
 - ``metrics.json`` (the measured metrics and where they were measured) and ``README.md``.
 
 Where the model comes from: the search saves every feasible trial's final model under
-``runs/<name>/trials/<number>/`` (``save_trial_model``); a trial without one (run by a
+``runs/<name>/trials/<number>/`` (``rebuild.save_trial_model``); a trial without one (run by a
 worker on another machine, or infeasible) is re-run from its policy and seed.
-
-``load_exported(path)`` rebuilds the structure from the recorded widths (independent of how a
-pruner or quantizer works inside): build the study's model, replace every layer whose widths
-changed, let normalization layers take the width of their input, apply the recorded
-quantization mode to this skeleton (``quantized_skeleton``), then load the state dict.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import platform
 import warnings
@@ -37,194 +30,15 @@ import yaml
 from torch import nn
 
 from autocompress.errors import AutocompressError, TrialFailed
-from autocompress.utils import atomic_torch_save, atomic_write_text
+from autocompress.rebuild import (FORMAT, MODEL_FILE, STRUCTURE_FILE, TORCHSCRIPT_FILE, _first_line, load_exported,
+                                  save_model, structure_for)
+from autocompress.utils import atomic_write_text
 
-log = logging.getLogger("autocompress")
-
-MODEL_FILE = "model.pt"
-STRUCTURE_FILE = "structure.json"
-TORCHSCRIPT_FILE = "model.torchscript.pt"
 ONNX_FILE = "model.onnx"
 POLICY_FILE = "policy.yaml"
 METRICS_FILE = "metrics.json"
 CARD_FILE = "README.md"
 BUNDLE_FILES = (POLICY_FILE, MODEL_FILE, STRUCTURE_FILE, TORCHSCRIPT_FILE, ONNX_FILE, METRICS_FILE, CARD_FILE)
-FORMAT = 1
-
-# Constructor arguments that pruning changes; every layer that has one is recorded.
-WIDTH_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
-               "num_groups", "num_channels", "normalized_shape", "num_embeddings", "embedding_dim")
-
-
-# -- structure ---------------------------------------------------------------------------------
-
-def _float_core(model: nn.Module) -> nn.Module:
-    """The float model inside an fp16/bf16 input-casting wrapper; the model itself otherwise."""
-    from autocompress.techniques.quantization import CastInputs
-
-    return model.model if isinstance(model, CastInputs) else model
-
-
-def model_structure(model: nn.Module, *, model_spec: dict[str, Any], source: str | None, num_classes: int,
-                    input_shape: tuple[int, ...], quantization: dict[str, Any]) -> dict[str, Any]:
-    """What ``rebuild`` needs: the model reference and every layer's widths.
-
-    Quantized layers keep their float names and widths; a BatchNorm fused into its conv by
-    int8 conversion is not listed and takes the width of its input when rebuilt.
-    """
-    layers: dict[str, dict[str, Any]] = {}
-    for name, m in _float_core(model).named_modules():
-        widths = {}
-        for a in WIDTH_ATTRS:
-            v = getattr(m, a, None)
-            if isinstance(v, bool) or not isinstance(v, (int, tuple, list)):
-                continue
-            widths[a] = list(v) if isinstance(v, (tuple, list)) else v
-        if widths and name:
-            layers[name] = {"type": type(m).__name__, **widths}
-    return {"format": FORMAT, "model": model_spec, "source": source, "num_classes": num_classes,
-            "input_shape": list(input_shape), "quantization": quantization, "layers": layers,
-            "torch": torch.__version__}
-
-
-def _resized(m: nn.Module, rec: dict[str, Any]) -> nn.Module | None:
-    """A fresh copy of layer ``m`` with the recorded widths, or None when they already match."""
-    keys = [k for k in rec if k in WIDTH_ATTRS and hasattr(m, k)]
-    same = all((list(getattr(m, k)) if isinstance(getattr(m, k), tuple) else getattr(m, k)) == rec[k]
-               for k in keys)
-    if same:
-        return None
-    w = {k: rec.get(k, getattr(m, k)) for k in keys}
-    if isinstance(m, nn.modules.conv._ConvNd):
-        kwargs = dict(stride=m.stride, padding=m.padding, dilation=m.dilation, groups=w["groups"],
-                      bias=m.bias is not None, padding_mode=m.padding_mode)
-        if isinstance(m, nn.modules.conv._ConvTransposeNd):
-            kwargs["output_padding"] = m.output_padding
-        return type(m)(w["in_channels"], w["out_channels"], m.kernel_size, **kwargs)
-    if isinstance(m, nn.Linear):
-        return type(m)(w["in_features"], w["out_features"], bias=m.bias is not None)
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return type(m)(w["num_features"], m.eps, m.momentum, m.affine, m.track_running_stats)
-    if isinstance(m, nn.GroupNorm):
-        return nn.GroupNorm(w["num_groups"], w["num_channels"], m.eps, m.affine)
-    if isinstance(m, nn.LayerNorm):
-        return nn.LayerNorm(w["normalized_shape"], m.eps, m.elementwise_affine, bias=m.bias is not None)
-    if isinstance(m, nn.Embedding):
-        return nn.Embedding(w["num_embeddings"], w["embedding_dim"], padding_idx=m.padding_idx)
-    raise AutocompressError(f"cannot rebuild layer of type {type(m).__name__} with widths {w}")
-
-
-def _fit_batchnorms(model: nn.Module, example: torch.Tensor) -> None:
-    """Give every BatchNorm the width of its input (one forward pass of ``example``)."""
-    def fit(m: nn.modules.batchnorm._BatchNorm, args: tuple) -> None:
-        c = args[0].shape[1]
-        if c == m.num_features:
-            return
-        m.num_features = c
-        if m.affine:
-            m.weight, m.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
-        if m.track_running_stats:
-            m.running_mean, m.running_var = torch.zeros(c), torch.ones(c)
-
-    handles = [m.register_forward_pre_hook(fit) for m in model.modules()
-               if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def rebuild(structure: dict[str, Any]) -> nn.Module:
-    """The untrained module tree ``structure`` describes (quantization applied, weights not loaded)."""
-    from autocompress.config import ModelSpec
-    from autocompress.techniques.quantization import quantized_skeleton
-    from autocompress.zoo import build_model
-
-    if structure.get("format") != FORMAT:
-        raise AutocompressError(f"structure format {structure.get('format')!r} is not supported (expected {FORMAT})")
-    spec = ModelSpec(**{**structure["model"], "checkpoint": None})
-    input_shape = tuple(structure["input_shape"])
-    model = build_model(spec, num_classes=structure["num_classes"], input_shape=input_shape,
-                        source=structure.get("source"))
-    changed = False
-    for name, rec in structure["layers"].items():
-        try:
-            layer = model.get_submodule(name)
-        except AttributeError:
-            raise AutocompressError(f"the exported model has a layer '{name}' ({rec.get('type')}) that "
-                                    f"{spec.reference} does not have: cannot rebuild it") from None
-        fresh = _resized(layer, rec)
-        if fresh is not None:
-            model.set_submodule(name, fresh)
-            changed = True
-    example = torch.zeros(2, *input_shape)
-    if changed:
-        _fit_batchnorms(model, example)
-    q = structure.get("quantization") or {}
-    return quantized_skeleton(model.eval(), q.get("mode", "none"), example, per_channel=q.get("per_channel", True))
-
-
-def save_model(model: nn.Module, folder: Path, structure: dict[str, Any]) -> None:
-    """``model.pt`` (state dict) and ``structure.json``, each written atomically."""
-    # as is: the state dict's _metadata carries layer versions that quantized layers need to load
-    atomic_torch_save(model.state_dict(), Path(folder) / MODEL_FILE)
-    atomic_write_text(Path(folder) / STRUCTURE_FILE, json.dumps(structure, indent=1))
-
-
-def load_exported(path: str | Path) -> nn.Module:
-    """A ready-to-run model (eval mode, CPU) from an export folder, or a trial folder of a search.
-
-    Example:
-        >>> model = load_exported("runs/digits-cnn/export")  # doctest: +SKIP
-        >>> logits = model(torch.zeros(1, 1, 8, 8))          # doctest: +SKIP
-    """
-    folder = Path(path)
-    folder = folder.parent if folder.is_file() else folder
-    files = folder / STRUCTURE_FILE, folder / MODEL_FILE
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise AutocompressError(f"not an exported model: {', '.join(missing)} missing")
-    structure = json.loads(files[0].read_text())
-    model = rebuild(structure)
-    try:
-        with warnings.catch_warnings():  # int8 tensors are rebuilt through a deprecated storage path
-            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
-            state = torch.load(files[1], map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise AutocompressError(f"{files[1]}: cannot read ({_first_line(exc)})") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())[:400]
-        raise AutocompressError(f"{files[1]} does not fit the rebuilt structure ({detail}); "
-                                f"{TORCHSCRIPT_FILE} may still load with torch.jit.load") from None
-    return model.eval()
-
-
-def _feasible(spec: Any, metrics: dict[str, float]) -> bool:
-    return all(c.violation(metrics[c.metric]) <= 0 for c in spec.constraints if c.metric in metrics)
-
-
-def save_trial_model(result: Any, folder: Path, *, spec: Any, ctx: Any) -> Path | None:
-    """During a search: save a feasible trial's final model. Never fails the trial."""
-    if result.model is None or not _feasible(spec, result.metrics):
-        return None
-    try:
-        save_model(result.model, folder, structure_for(result.model, spec, ctx.data, result.policy))
-    except Exception as exc:  # export can still re-run the trial
-        log.warning("trial model not saved to %s: %s: %s", folder, type(exc).__name__, exc)
-        return None
-    return Path(folder)
-
-
-def structure_for(model: nn.Module, spec: Any, data: Any, policy: Any) -> dict[str, Any]:
-    q = policy.quantization
-    return model_structure(model, model_spec=spec.model.model_dump(mode="json"),
-                           source=str(Path(spec.source).resolve()) if spec.source else None,
-                           num_classes=data.num_classes, input_shape=tuple(data.input_shape),
-                           quantization={"mode": q.mode, "per_channel": q.per_channel})
 
 
 # -- the bundle --------------------------------------------------------------------------------
@@ -286,11 +100,6 @@ def write_bundle(b: Bundle, out: Path) -> dict[str, str]:
     atomic_write_text(out / METRICS_FILE, json.dumps(_metrics_document(b), indent=2, default=str))
     atomic_write_text(out / CARD_FILE, model_card(b, artifacts, out))
     return artifacts
-
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:240]}" if text else type(exc).__name__
 
 
 def _torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> str:

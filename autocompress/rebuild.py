@@ -30,8 +30,8 @@ log = logging.getLogger("autocompress")
 
 MODEL_FILE = "model.pt"
 STRUCTURE_FILE = "structure.json"
-TORCHSCRIPT_FILE = "model.torchscript.pt"   # named by load_exported's error: the fallback that may still load
-FORMAT = 1
+TORCHSCRIPT_FILE = "model.torchscript.pt"   # written by export; load_exported's error points to it
+FORMAT = 1                                  # of structure.json and of a bundle's policy.yaml
 
 # Constructor arguments that pruning changes; every layer that has one is recorded.
 WIDTH_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
@@ -147,6 +147,8 @@ def rebuild(structure: dict[str, Any]) -> nn.Module:
     q = structure.get("quantization") or {}
     return quantized_skeleton(model.eval(), q.get("mode", "none"), example, per_channel=q.get("per_channel", True))
 
+
+# -- save and load -----------------------------------------------------------------------------
 
 def save_model(model: nn.Module, folder: Path, structure: dict[str, Any]) -> None:
     """``model.pt`` (state dict) and ``structure.json``, each written atomically."""

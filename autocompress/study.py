@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from autocompress.baseline import prepare_baseline
 from autocompress.budget import (ATTR_BASELINE, ATTR_INTERRUPTED, ATTR_REASON, BudgetSpent, budget_lock,
-                                 budget_used, budgeted_ask, counted, running, wait_for_running)
+                                 budgeted_ask, running, wait_for_running)
 from autocompress.config import StudySpec, spec_to_yaml
 from autocompress.efficiency import early_stop_func, enqueue_warm_starts, load_cheap_cache, prescreen_func
 from autocompress.errors import AutocompressError, ConfigError, TrialFailed
@@ -307,7 +307,7 @@ def _record(trial: optuna.Trial, result: TrialResult) -> None:
 
 def _save_model(run: StudyRun, trial: optuna.Trial, result: TrialResult) -> None:
     """Keep a feasible trial's model (runs/<name>/trials/<number>/) so export need not retrain."""
-    from autocompress.export import save_trial_model
+    from autocompress.rebuild import save_trial_model
 
     saved = save_trial_model(result, run.run_dir / "trials" / str(trial.number), spec=run.spec, ctx=run.ctx)
     if saved is not None:

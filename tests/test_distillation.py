@@ -17,14 +17,6 @@ from autocompress.trial import run_trial
 from autocompress.zoo.models import create_model, torchvision_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the 2 cores are shared; two threads thrash under contention
-    yield
-    torch.set_num_threads(before)
-
-
 def policy(quant: str = "none", method: str = "soft+feature", **knobs) -> Policy:
     return Policy(distillation=DistillationPolicy(method=method, **knobs), quantization=QuantizationPolicy(mode=quant),
                   training=TrainingPolicy(batch_size=64))

@@ -11,7 +11,6 @@ import sys
 import time
 
 import optuna
-import pytest
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from typer.testing import CliRunner

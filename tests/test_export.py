@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from autocompress import load_exported
 from autocompress.cli import app
 from autocompress.errors import AutocompressError, ConfigError
-from autocompress.export import model_structure, save_model
+from autocompress.rebuild import model_structure, save_model
 from autocompress.report.select import Rule, choose
 
 
@@ -77,7 +77,7 @@ def _pruned_digits_cnn() -> nn.Module:
     torch.manual_seed(0)
     m = create_model("digits_cnn", num_classes=10, in_channels=1, input_shape=(1, 8, 8), width=8)
     keep = [0, 2, 3, 5, 7]
-    conv, bn, nxt = m[3], m[4], m[7]
+    conv, nxt = m[3], m[7]
     m[3] = nn.Conv2d(8, len(keep), 3, padding=1, bias=False)
     m[3].weight.data = conv.weight.data[keep].clone()
     m[4] = nn.BatchNorm2d(len(keep))

@@ -15,7 +15,8 @@ from autocompress.errors import TrialFailed
 from autocompress.metrics.flops import count_flops
 from autocompress.metrics.size import count_params
 from autocompress.policy import Policy, PruningPolicy, QuantizationPolicy
-from autocompress.techniques.pruning import build, out_widths, scheduled_ratio, zero_fraction
+from autocompress.techniques.pruning import build, scheduled_ratio
+from autocompress.techniques.pruning_nni import out_widths, zero_fraction
 from autocompress.trial import TrialContext
 from autocompress.zoo.data import DataBundle
 from autocompress.zoo.models import create_model, torchvision_model
@@ -23,15 +24,6 @@ from autocompress.zoo.models import create_model, torchvision_model
 # digits_cnn(width=8): prunable layers in module order; "0" (first conv) and "21" (classifier)
 # are protected by default.
 DIGITS_TARGETS = ["3", "7", "10", "14", "19"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models on a shared 2-core machine: one intra-op thread is several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def pruning(**knobs) -> Policy:

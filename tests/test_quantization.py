@@ -22,15 +22,6 @@ from autocompress.zoo.data import DataBundle
 from autocompress.zoo.models import create_model, torchvision_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The 2 cores are shared: one intra-op thread is ~10x faster than two under contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def policy(mode: str, **knobs) -> Policy:
     return Policy(quantization=QuantizationPolicy(mode=mode, **knobs), training=TrainingPolicy(batch_size=32))
 
@@ -45,8 +36,6 @@ def context(data: DataBundle, teacher: nn.Module, **kw) -> TrialContext:
 def trained_digits(digits_bundle):
     """A digits CNN trained to about 97% in a few seconds, and its validation accuracy."""
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module scope: set up before the autouse fixture
     model = create_model("digits_cnn", num_classes=10, in_channels=1, input_shape=(1, 8, 8), width=16)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for epoch in range(5):
@@ -54,7 +43,6 @@ def trained_digits(digits_bundle):
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
-    torch.set_num_threads(threads)
     model.eval().requires_grad_(False)
     acc = evaluate(model, make_loader(digits_bundle.val, 256, shuffle=False), "cpu")
     assert acc > 0.93

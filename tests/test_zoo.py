@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from torch import nn
+
 
 from autocompress.config import DataSpec, ModelSpec
 from autocompress.errors import ConfigError
