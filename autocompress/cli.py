@@ -96,15 +96,16 @@ def search(
                                                      "else SQLite under the run directory)."),
     trials: Optional[int] = typer.Option(None, min=1, help="Total trial budget (overrides budget.trials)."),
     timeout: Optional[str] = typer.Option(None, help="Wall-time budget of this run, e.g. 20m (overrides budget.timeout)."),
-    workers: int = typer.Option(1, min=1, max=256, help="Worker processes on this machine, one per GPU "
-                                                        "(on CPU the cores are split between them)."),
+    workers: Optional[int] = typer.Option(None, min=1, max=256, help="Worker processes on this machine, one per GPU "
+                                                                  "(default: one per entry of the study's devices:, "
+                                                                  "else 1); on a CPU the cores are split between them."),
     verbose: int = VerboseOpt,
 ) -> None:
     """Run a study, or resume it: trials already finished count toward the budget."""
     _setup_logging(verbose)
+    from autocompress.budget import budget_used
     from autocompress.config import load_study_spec
     from autocompress.progress import SearchProgress
-    from autocompress.budget import budget_used
     from autocompress.study import optimize, prepare
     from autocompress.workers import start_workers, stop_workers
 
@@ -112,12 +113,14 @@ def search(
     timeout_s = _duration(timeout, "--timeout")
     run = prepare(spec, out=out, storage=storage, log=_say)
     budget = trials or spec.budget.trials
+    workers = workers or (len(spec.devices) if spec.devices else 1)
     with SearchProgress(run, budget=budget, timeout=timeout_s or spec.budget.timeout, console=console) as bar:
         if workers == 1:
             optimize(run, n_trials=budget, timeout=timeout_s, on_trial_end=bar.on_trial_end)
         else:  # this process supervises; every worker is its own process on its own device
             procs = start_workers(study=spec.name, storage=run.storage_url, out=run.run_dir, workers=workers,
-                                  training_device=spec.device, n_trials=budget, timeout=timeout_s, first_index=0)
+                                  training_device=spec.device, n_trials=budget, timeout=timeout_s, first_index=0,
+                                  devices=spec.devices)
             _say(f"started {workers} workers")
             try:
                 while any(p.poll() is None for p in procs):

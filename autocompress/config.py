@@ -215,6 +215,8 @@ class StudySpec(_Strict):
     baseline: BaselineSpec = Field(default_factory=BaselineSpec)
     target: TargetSpec = Field(default_factory=TargetSpec)
     device: str = Field("auto", description="training device: auto, cpu, cuda, cuda:N, mps")
+    devices: list[str] | None = Field(None, description="local workers, one per listed device "
+                                                        "(search --workers overrides the count)")
     sampler: Literal["nsga2", "tpe", "gp", "random"] = "tpe"  # best at small budgets (docs/BENCHMARKS.md)
     seed: int = Field(0, ge=0, le=2**32 - 1)
     storage: str | None = None
@@ -251,6 +253,16 @@ class StudySpec(_Strict):
     def _device(cls, v: str) -> str:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
             raise ValueError(f"unknown device '{v}' (choose from: auto, cpu, cuda, cuda:N, mps)")
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: list[str] | None) -> list[str] | None:
+        for d in v or []:
+            if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", d):
+                raise ValueError(f"unknown device '{d}' (choose from: cpu, cuda:N, mps)")
+        if v is not None and not v:
+            raise ValueError("give at least one device, or leave devices out")
         return v
 
     @model_validator(mode="after")

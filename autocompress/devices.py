@@ -53,15 +53,17 @@ def discover() -> list[Device]:
     return found
 
 
-def assign(workers: int, training_device: str) -> list[tuple[str, int]]:
+def assign(workers: int, training_device: str, devices: list[str] | None = None) -> list[tuple[str, int]]:
     """(device, CPU threads) for each of ``workers`` local workers.
 
-    With ``auto``, GPUs are shared round-robin (one worker per GPU is the intended use);
-    without GPUs every worker trains on the CPU and the cores are split so workers do not
-    fight over them.
+    ``devices`` (the study's ``devices:`` list) pins worker i to ``devices[i % len]``. With
+    ``auto``, GPUs are shared round-robin (one worker per GPU is the intended use); without
+    GPUs every worker trains on the CPU and the cores are split so workers do not fight.
     """
-    gpus = [d.name for d in discover() if d.kind == "cuda"]
     threads = max(1, usable_cpus() // workers)
+    if devices:
+        return [(devices[i % len(devices)], threads) for i in range(workers)]
+    gpus = [d.name for d in discover() if d.kind == "cuda"]
     if training_device == "auto" and gpus:
         return [(gpus[i % len(gpus)], threads) for i in range(workers)]
     if training_device == "cuda" and gpus:

@@ -23,11 +23,12 @@ def worker_command(study: str, storage: str, out: Path, device: str, threads: in
 
 
 def start_workers(*, study: str, storage: str, out: Path, workers: int, training_device: str,
-                  n_trials: int | None, timeout: float | None, first_index: int = 1) -> list[subprocess.Popen]:
+                  n_trials: int | None, timeout: float | None, first_index: int = 1,
+                  devices: list[str] | None = None) -> list[subprocess.Popen]:
     """Start workers ``first_index..workers-1`` (the calling process is worker 0)."""
     import os
 
-    slots = assign(workers, training_device)
+    slots = assign(workers, training_device, devices)
     env = {**os.environ, "AUTOCOMPRESS_STORAGE": storage}
     procs = []
     for i in range(first_index, workers):

@@ -40,3 +40,18 @@ def test_two_local_workers_finish_the_budget_without_duplicates(write_study, tmp
     assert sum(1 for t in study.get_trials() if t.user_attrs.get("baseline")) == 1
     pids = {t.user_attrs.get("worker_pid") for t in searched}  # both started before the budget ran out
     assert len(pids) == 2, "both workers ran trials"
+
+
+def test_study_devices_pin_each_worker():
+    assert [d for d, _ in assign(3, "auto", ["cuda:0", "cuda:1"])] == ["cuda:0", "cuda:1", "cuda:0"]
+
+
+def test_devices_list_is_validated(write_study):
+    import pytest
+
+    from autocompress.config import load_study_spec
+    from autocompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown device 'gpu1'"):
+        load_study_spec(write_study(devices=["cpu", "gpu1"]))
+    assert load_study_spec(write_study(devices=["cpu", "cpu"])).devices == ["cpu", "cpu"]
