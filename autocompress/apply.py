@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
 from autocompress.errors import AutocompressError, ConfigError, TrialFailed
 from autocompress.policy import Policy
@@ -32,15 +31,11 @@ class PolicyFile:
 def read_policy_file(path: Path) -> PolicyFile:
     """An exported ``policy.yaml`` or a plain policy YAML; errors name the file and field."""
     from autocompress.config import spec_from_dict
+    from autocompress.yamlfile import read_yaml
 
     path = Path(path)
     source = str(path)
-    if not path.is_file():
-        raise ConfigError(source, None, "policy file not found")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, None, f"invalid YAML ({str(exc).splitlines()[0]})") from None
+    doc = read_yaml(path, "policy file")
     if not isinstance(doc, dict):
         raise ConfigError(source, None, "expected a mapping (an exported policy.yaml, or policy sections)")
     exported = "policy" in doc

@@ -131,6 +131,13 @@ def parse_duration(value: Any) -> float | None:
     return seconds
 
 
+def _device_name(v: str, *, auto: bool) -> str:
+    pattern = r"auto|cpu|cuda(:\d+)?|mps" if auto else r"cpu|cuda(:\d+)?|mps"
+    if not re.fullmatch(pattern, v):
+        raise ValueError(f"unknown device '{v}' (choose from: {'auto, ' if auto else ''}cpu, cuda, cuda:N, mps)")
+    return v
+
+
 class Budget(_Strict):
     trials: int | None = Field(30, gt=0, le=1_000_000)
     timeout: float | None = Field(None, description="wall time: '20m', '1h' or seconds")
@@ -170,9 +177,7 @@ class TargetSpec(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", v):
-            raise ValueError(f"unknown device '{v}' (choose from: cpu, cuda, cuda:N, mps)")
-        return v
+        return _device_name(v, auto=False)
 
 
 class EarlyStoppingSpec(_Strict):
@@ -251,16 +256,13 @@ class StudySpec(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
-            raise ValueError(f"unknown device '{v}' (choose from: auto, cpu, cuda, cuda:N, mps)")
-        return v
+        return _device_name(v, auto=True)
 
     @field_validator("devices")
     @classmethod
     def _devices(cls, v: list[str] | None) -> list[str] | None:
         for d in v or []:
-            if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", d):
-                raise ValueError(f"unknown device '{d}' (choose from: cpu, cuda:N, mps)")
+            _device_name(d, auto=False)
         if v is not None and not v:
             raise ValueError("give at least one device, or leave devices out")
         return v
@@ -364,22 +366,9 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 
 def load_study_spec(path: str | Path) -> StudySpec:
     """Read and validate a study file; raises ConfigError naming the file and field."""
-    path = Path(path)
-    source = str(path)
-    if not path.exists():
-        raise ConfigError(source, None, "study file not found")
-    if not path.is_file():
-        raise ConfigError(source, None, "not a file")
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = yaml.safe_load(text)
-    except UnicodeDecodeError:
-        raise ConfigError(source, None, "not a text file (expected YAML)") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark else ""
-        raise ConfigError(source, None, f"{line}invalid YAML ({getattr(exc, 'problem', None) or exc})") from None
-    return spec_from_dict(raw, source)
+    from autocompress.yamlfile import read_yaml
+
+    return spec_from_dict(read_yaml(path, "study file"), str(path))
 
 
 def spec_to_yaml(spec: StudySpec) -> str:

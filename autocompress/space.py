@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -123,18 +122,10 @@ def load_space(source: str | Path | dict, *, origin: str | None = None) -> Searc
     if isinstance(source, dict):
         raw, where = source, origin or "search_space"
     else:
-        path = Path(source)
-        where = str(path)
-        if not path.is_file():
-            raise ConfigError(where, None, "search space file not found")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise ConfigError(where, None, "not a text file (expected YAML)") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f"line {mark.line + 1}: " if mark else ""
-            raise ConfigError(where, None, f"{line}invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        from autocompress.yamlfile import read_yaml
+
+        where = str(source)
+        raw = read_yaml(source, "search space file")
     if raw is None:
         raise ConfigError(where, None, "empty search space")
     if not isinstance(raw, dict):
