@@ -40,7 +40,7 @@ def write_report(results, *, out: Path | None = None, csv: Path | None = None,
         try:
             _parquet_safe(data.trials).to_parquet(parquet, index=False)
         except ImportError as exc:
-            raise AutocompressError(f"--parquet needs pyarrow (pip install pyarrow): {exc}") from None
+            raise AutocompressError(f"--parquet needs pyarrow (pip install pyarrow): {str(exc).splitlines()[0]}") from None
     return Path(out)
 
 
