@@ -59,12 +59,14 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-efficiency")
     ap.add_argument("--sampler", default="tpe", help="the default sampler to compare with random search")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the samplers and trials")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are recorded, not logged
     raw = yaml.safe_load((REPO / "studies" / "digits_cnn.yaml").read_text())
     raw["constraints"] = list(raw.get("constraints", [])) + ["params <= 100000"]
     raw["budget"] = {**raw["budget"], "timeout": None}
     raw["warm_start"] = {"recipes": False}
+    raw["seed"] = args.seed
     variants = {
         "random": dict(sampler="random", prescreen=False, early_stopping="none", trials=2 * args.n),
         args.sampler: dict(sampler=args.sampler, prescreen=False, early_stopping="none", trials=args.n),
@@ -77,7 +79,7 @@ def main() -> None:
                     "prescreen": v["prescreen"], "early_stopping": v["early_stopping"],
                     "budget": {**raw["budget"], "trials": v["trials"]}}
         spec = spec_from_dict(spec_raw, str(REPO / "studies" / "digits_cnn.yaml"))
-        out = args.out / name.replace("+", "-")
+        out = args.out / f"{name.replace('+', '-')}-seed{args.seed}"
         start = time.time()
         run = run_study(spec, out=out, log=lambda m: None)
         wall = time.time() - start
