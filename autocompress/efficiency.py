@@ -7,8 +7,9 @@
   policy's structural part (``trial.structure_key``).
 - **Multi-objective early stopping** (rule ``dominated``): after epoch ``e`` (from
   ``grace_epochs`` on), a trial stops when at least ``min_dominators`` earlier trials with the
-  same number format, whose cost objectives (measured on their compressed, untrained
-  structure, which fine-tuning does not change) are as good or better, had a validation
+  same number format (and the same runtime when latency or size is an objective), whose cost
+  objectives (measured on their compressed, untrained structure, which fine-tuning does not
+  change) are as good or better, had a validation
   accuracy at least ``margin`` higher at the same epoch. It is the promotion test of
   multi-objective successive halving (MO-ASHA, Schmucker et al. 2021) with epochs as rungs,
   reduced to epsilon-dominance so that one rule serves any number of cost objectives.
@@ -26,10 +27,14 @@ from optuna.trial import TrialState
 from autocompress.config import StudySpec
 from autocompress.policy import Policy
 from autocompress.space import SearchSpace
+from autocompress.trial import structure_key
 
 log = logging.getLogger("autocompress")
 
+# Costs measured on the compressed, untrained model (``cheap_metrics``); fine-tuning leaves them as they are.
 COST_METRICS = ("latency_ms", "size_mb", "size_compressed_mb", "flops", "params", "nonzero_params")
+RUNTIME_COSTS = {"latency_ms", "size_mb", "size_compressed_mb"}   # differ between runtimes
+ACCURACY_METRICS = {"accuracy", "accuracy_drop", "test_accuracy"}
 _NOISY = {"latency_ms": 0.05}  # relative tolerance of measured (noisy) metrics
 
 # The seed article's standard recipes: the front should never be worse than these.
@@ -91,11 +96,24 @@ def early_stop_func(spec: StudySpec, study: optuna.Study, policy: Policy, *, epo
     es = spec.early_stopping
     if es.rule == "none" or policy.pruning.method == "gradual":
         return None  # gradual pruning dips accuracy on purpose until its last pruning step
-    costs = [o.metric for o in spec.objectives if o.metric in COST_METRICS]
-    mode = policy.quantization.mode
+    objectives = {o.metric for o in spec.objectives}
+    costs = [m for m in COST_METRICS if m in objectives]
+    # Costs the untrained structure cannot tell (batch-N throughput, peak memory): only a
+    # trial of the very same structure, format and runtime is known to cost the same.
+    unjudged = objectives - set(COST_METRICS) - ACCURACY_METRICS
+    mode, backend = policy.quantization.mode, policy.runtime.backend
+    # The runtime changes latency and size (ONNX Runtime can be several times faster than
+    # eager on the same structure) but never accuracy (predictions are re-checked).
+    same_runtime = bool(unjudged or objectives & RUNTIME_COSTS)
+    same_structure = structure_key(policy) if unjudged else None
 
     def comparable(t: optuna.trial.FrozenTrial, cheap: dict[str, float]) -> bool:
-        if t.user_attrs.get("policy", {}).get("quantization", {}).get("mode", "none") != mode:
+        other_policy = t.user_attrs.get("policy", {})
+        if other_policy.get("quantization", {}).get("mode", "none") != mode:
+            return False
+        if same_runtime and other_policy.get("runtime", {}).get("backend", "eager") != backend:
+            return False
+        if same_structure is not None and t.user_attrs.get("structure_key") != same_structure:
             return False
         other = t.user_attrs.get("cheap_metrics")
         if not other:

@@ -8,9 +8,9 @@ import pytest
 from autocompress.config import spec_from_dict
 from autocompress.efficiency import (RECIPES, early_stop_func, enqueue_warm_starts, prescreen_func,
                                      warm_start_params)
-from autocompress.policy import Policy, PruningPolicy, QuantizationPolicy
+from autocompress.policy import Policy, PruningPolicy, QuantizationPolicy, RuntimePolicy
 from autocompress.space import load_space
-from autocompress.trial import Stopped, run_trial
+from autocompress.trial import Stopped, run_trial, structure_key
 
 from conftest import tiny_study
 
@@ -19,11 +19,12 @@ def _spec(**overrides):
     return spec_from_dict(tiny_study(**overrides), "study.yaml")
 
 
-def _done(study, acc_curve, cheap, mode="none"):
+def _done(study, acc_curve, cheap, mode="none", policy=None):
+    policy = policy or Policy(quantization=QuantizationPolicy(mode=mode))
     study.add_trial(optuna.trial.create_trial(
-        values=[acc_curve[-1], cheap["latency_ms"]],
+        values=[acc_curve[-1]] + [cheap.get("latency_ms", 1.0)] * (len(study.directions) - 1),
         user_attrs={"history": [{"epoch": i + 1, "val_accuracy": a} for i, a in enumerate(acc_curve)],
-                    "cheap_metrics": cheap, "policy": Policy(quantization=QuantizationPolicy(mode=mode)).to_dict()}))
+                    "cheap_metrics": cheap, "policy": policy.to_dict(), "structure_key": structure_key(policy)}))
 
 
 def test_dominated_trial_is_stopped_and_others_are_kept():
@@ -44,6 +45,34 @@ def test_dominated_trial_is_stopped_and_others_are_kept():
     # a different number format is not comparable
     int8 = early_stop_func(spec, study, Policy(quantization=QuantizationPolicy(mode="static_int8")), epochs=3)
     assert int8(1, {"val_accuracy": 0.10}, {"latency_ms": 0.5}) is None
+
+
+def test_a_trial_in_another_runtime_does_not_dominate_on_latency():
+    # eager and ONNX Runtime share the structure's cheap (eager) latency, but not the final one
+    onnx = Policy(runtime=RuntimePolicy(backend="onnxruntime"))
+    spec = _spec(early_stopping={"rule": "dominated", "margin": 0.02})       # accuracy + latency_ms
+    study = optuna.create_study(directions=spec.directions)
+    _done(study, [0.9, 0.95, 0.97], {"latency_ms": 0.5, "flops": 1e6})        # an eager trial
+    cheap = {"latency_ms": 0.5, "flops": 1e6}
+    assert early_stop_func(spec, study, onnx, epochs=3)(1, {"val_accuracy": 0.1}, cheap) is None
+    assert early_stop_func(spec, study, Policy(), epochs=3)(1, {"val_accuracy": 0.1}, cheap)
+    # with FLOPs as the only cost, the runtime does not matter
+    flops = _spec(early_stopping={"rule": "dominated", "margin": 0.02},
+                  objectives=[{"metric": "accuracy", "direction": "maximize"}, {"metric": "flops", "direction": "minimize"}])
+    assert early_stop_func(flops, study, onnx, epochs=3)(1, {"val_accuracy": 0.1}, cheap)
+
+
+def test_costs_the_structure_cannot_tell_need_the_same_structure():
+    # peak memory is not known before training: only the same structure, format and runtime compare
+    spec = _spec(early_stopping={"rule": "dominated", "margin": 0.02},
+                 objectives=[{"metric": "accuracy", "direction": "maximize"},
+                             {"metric": "peak_memory_mb", "direction": "minimize"}])
+    study = optuna.create_study(directions=spec.directions)
+    pruned = Policy(pruning=PruningPolicy(method="structured", ratio=0.5))
+    _done(study, [0.9, 0.95, 0.97], {"latency_ms": 0.5}, policy=pruned)
+    cheap = {"latency_ms": 0.6}
+    assert early_stop_func(spec, study, Policy(), epochs=3)(1, {"val_accuracy": 0.1}, cheap) is None
+    assert early_stop_func(spec, study, pruned, epochs=3)(1, {"val_accuracy": 0.1}, cheap)
 
 
 def test_grace_epochs_and_rule_none():
