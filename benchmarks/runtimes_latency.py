@@ -9,7 +9,7 @@
 
 Models: the digits CNN (1x8x8 inputs, real digits images) and resnet18 at 3x32x32 (random
 inputs), both with random weights: latency does not depend on the weights' values. int8 models
-are calibrated on 256 of those inputs. Trials per hour with 1 vs 2 workers is not measured here.
+are calibrated on 256 of those inputs. Trials per hour with 1 vs 2 workers: benchmarks/workers_throughput.py.
 
     python benchmarks/runtimes_latency.py [--threads 1] [--batch-sizes 1 32] [--max-time 2]
                                           [--skip-compile]
