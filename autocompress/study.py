@@ -122,6 +122,8 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
     if not url.startswith("sqlite"):
         rdb = open_storage(url, heartbeat=False)  # fail on an unreachable database before touching the disk
         _check_existing(rdb, spec)
+    # What was in --out before: a failed creation removes only what it added, never a user's folder.
+    kept = {child.name for child in run_dir.iterdir()} if run_dir.is_dir() else None
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         hb = spec.heartbeat
@@ -135,7 +137,7 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
         study.set_metric_names(spec.metric_names)
     except BaseException:
         if fresh_dir:
-            _remove_fresh(run_dir)
+            _remove_fresh(run_dir, kept)
         raise
     for key, value in (("model", spec.model.reference), ("data", spec.data.reference),
                        ("objectives", [f"{o.direction} {o.metric}" for o in spec.objectives]),
@@ -200,10 +202,21 @@ def spec_from_storage(study_name: str, storage: str) -> StudySpec:
     return spec_from_dict(yaml.safe_load(attrs["study_yaml"]), source)
 
 
-def _remove_fresh(run_dir: Path) -> None:
+def _remove_fresh(run_dir: Path, kept: set[str] | None) -> None:
+    """Undo a failed creation: the run directory when this run made it, else only the entries
+    that were not there before (``kept``)."""
     import shutil
 
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if kept is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for child in run_dir.iterdir():
+        if child.name in kept:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _check_existing(storage: optuna.storages.BaseStorage, spec: StudySpec) -> None:

@@ -138,6 +138,21 @@ def test_existing_study_with_other_objectives_is_refused(write_study, tmp_path):
     assert (run_dir / "study.yaml").read_text() == before
 
 
+def test_failed_creation_in_an_existing_folder_keeps_the_users_files(write_study, tmp_path):
+    import optuna
+
+    db = tmp_path / "shared.db"
+    optuna.create_study(study_name="tiny", storage=f"sqlite:///{db}", directions=["minimize"])
+    out = tmp_path / "my-experiments"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    study_file = write_study(storage=f"sqlite:///{db}")
+    result = runner.invoke(app, ["search", str(study_file), "--out", str(out)])
+    assert result.exit_code == 2 and "different objectives" in result.output, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
 def test_status_of_unknown_study(tmp_path):
     result = runner.invoke(app, ["status", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "no study" in result.output
