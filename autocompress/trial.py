@@ -192,9 +192,11 @@ def run_trial(policy: Policy, ctx: TrialContext, *, keep_model: bool = True) -> 
         if cheap is None:
             model.eval()
             cheap = structure_metrics(model, example)
+            model.to(ctx.target.device)  # timed where it will run (the inputs go there too)
             cheap_lat = measure_latency(model, example, device=ctx.target.device,
                                         batch_size=ctx.target.batch_size, threads=ctx.target.threads,
                                         max_time_s=min(0.3, ctx.target.max_time_s))
+            model.to("cpu")
             cheap.update({"latency_ms": cheap_lat.median_ms, "size_mb": size_mb(model)})
             ctx.cheap_cache[key] = cheap
         if ctx.prescreen is not None and (reason := ctx.prescreen(cheap)):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import optuna
 import pytest
+import torch
 
 from autocompress.config import spec_from_dict
 from autocompress.efficiency import (RECIPES, early_stop_func, enqueue_warm_starts, prescreen_func,
                                      warm_start_params)
 from autocompress.policy import Policy, PruningPolicy, QuantizationPolicy, RuntimePolicy
 from autocompress.space import load_space
-from autocompress.trial import Stopped, run_trial, structure_key
+from autocompress.trial import Stopped, TargetSettings, run_trial, structure_key
 
 from conftest import tiny_study
 
@@ -110,6 +111,16 @@ def test_prescreen_ends_the_trial_before_any_optimizer_step(digits_ctx, monkeypa
     # the second time the cached cheap metrics decide, before compressing anything
     with pytest.raises(Stopped, match="cached"):
         run_trial(Policy(), digits_ctx)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cheap_and_final_latency_on_a_cuda_target(digits_ctx):
+    digits_ctx.target = TargetSettings(device="cuda", max_time_s=0.05)
+    result = run_trial(Policy(pruning=PruningPolicy(method="structured", ratio=0.5)), digits_ctx)
+    assert result.cheap_metrics["latency_ms"] > 0
+    assert result.metrics["latency_ms"] > 0
+    assert result.measured_on["device"] == "cuda"
 
 
 def test_prescreened_trials_are_pruned_in_the_study(write_study, tmp_path):
