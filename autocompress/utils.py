@@ -51,7 +51,8 @@ def redact_url(url: str | None) -> str:
     """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
     if not url:
         return str(url)
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    # the user name may be empty (postgresql://:secret@host/db): libpq then uses the OS user
+    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -90,6 +90,15 @@ def test_unreachable_database_is_one_line_without_the_password(write_study, tmp_
     assert not (tmp_path / "run").exists()
 
 
+def test_storage_urls_are_shown_without_their_password():
+    from autocompress.utils import redact_url
+
+    assert redact_url(f"postgresql://someone:{PG_PASSWORD}@db/x") == "postgresql://someone:***@db/x"
+    assert redact_url(f"postgresql://:{PG_PASSWORD}@db/x") == "postgresql://:***@db/x"
+    assert redact_url("postgresql://someone@db:5432/x") == "postgresql://someone@db:5432/x"
+    assert redact_url("sqlite:////tmp/a:b@c/study.db") == "sqlite:////tmp/a:b@c/study.db"
+
+
 def test_kill_9_during_trials_then_resume(write_study, tmp_path):
     """Kill a worker at random moments, several times; resuming meets the budget, keeps
     every completed trial, and retries the killed ones."""
