@@ -28,14 +28,20 @@ def start_workers(*, study: str, storage: str, out: Path, workers: int, training
     """Start workers ``first_index..workers-1`` (the calling process is worker 0)."""
     import os
 
+    import tempfile
+
     slots = assign(workers, training_device, devices)
     env = {**os.environ, "AUTOCOMPRESS_STORAGE": storage}
     procs = []
     for i in range(first_index, workers):
         device, threads = slots[i]
-        procs.append(subprocess.Popen(
-            worker_command(study, storage, out, device, threads, i, n_trials, timeout),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env))
+        # stderr goes to an unlinked temp file, not a pipe: nobody reads a pipe while the
+        # workers run, and a worker that fills its buffer (64 KiB) would block mid-trial.
+        log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+        proc = subprocess.Popen(worker_command(study, storage, out, device, threads, i, n_trials, timeout),
+                                stdout=subprocess.DEVNULL, stderr=log, env=env)
+        proc.stderr_log = log  # type: ignore[attr-defined]
+        procs.append(proc)
     return procs
 
 
@@ -46,10 +52,20 @@ def stop_workers(procs: list[subprocess.Popen], *, wait: bool) -> list[str]:
         if not wait and p.poll() is None:
             p.terminate()
         try:
-            _, err = p.communicate(timeout=None if wait else 30)
+            p.wait(timeout=None if wait else 30)
         except subprocess.TimeoutExpired:
             p.kill()
-            _, err = p.communicate()
-        if p.returncode not in (0, None, -15) and err:
+            p.wait()
+        err = _read_log(p)
+        if p.returncode not in (0, None, -15) and err.strip():
             errors.append(err.strip().splitlines()[-1])
     return errors
+
+
+def _read_log(p: subprocess.Popen) -> str:
+    log = getattr(p, "stderr_log", None)
+    if log is None:
+        return ""
+    with log:
+        log.seek(0)
+        return log.read()

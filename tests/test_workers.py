@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import optuna
 from typer.testing import CliRunner
 
 from autocompress.cli import app
 from autocompress.devices import assign, discover
+from autocompress.workers import start_workers, stop_workers
 
 runner = CliRunner()
 
@@ -55,3 +59,20 @@ def test_devices_list_is_validated(write_study):
     with pytest.raises(ConfigError, match="unknown device 'gpu1'"):
         load_study_spec(write_study(devices=["cpu", "gpu1"]))
     assert load_study_spec(write_study(devices=["cpu", "cpu"])).devices == ["cpu", "cpu"]
+
+
+def test_a_worker_that_writes_much_to_stderr_does_not_block(tmp_path, monkeypatch):
+    import autocompress.workers as workers_mod
+
+    noisy = "import sys; sys.stderr.write('warning line\\n' * 20000 + 'boom\\n'); sys.exit(1)"
+    monkeypatch.setattr(workers_mod, "worker_command", lambda *a, **k: [sys.executable, "-c", noisy])
+    procs = start_workers(study="x", storage="sqlite://", out=tmp_path, workers=2, training_device="cpu",
+                          n_trials=None, timeout=None, first_index=0)
+    try:
+        for p in procs:  # the supervisor only polls while workers run
+            p.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        raise AssertionError("a worker blocked on a full stderr pipe")
+    assert stop_workers(procs, wait=True) == ["boom", "boom"]
