@@ -125,6 +125,10 @@ def apply_policy(policy_file: Path, *, epochs: int | None = None, out: Path | No
         result = run_trial(pf.policy, replace(ctx, seed=seed), keep_model=True)
     except TrialFailed as exc:
         raise AutocompressError(f"the policy cannot be applied: {exc.reason}") from None
+    except Exception as exc:  # as in the search, where it fails the trial: a technique that cannot apply
+        from autocompress.rebuild import _first_line
+
+        raise AutocompressError(f"the policy cannot be applied: {_first_line(exc)}") from None
     origin = f"study '{pf.study_name}', trial {pf.trial}" if pf.study_name else str(policy_file)
     provenance = (f"autocompress apply: {result.epochs_run} epoch(s) of fine-tuning on the whole training split, "
                   f"seed {seed}, policy from {origin}; measured right after training")

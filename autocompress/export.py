@@ -362,6 +362,8 @@ def export_study(results: Any, *, rule: Any, out: Path | None = None,
             res = run_trial(policy, replace(ctx, seed=seed), keep_model=True)
         except TrialFailed as exc:
             raise AutocompressError(f"re-running trial {t.number} failed: {exc.reason}") from None
+        except Exception as exc:  # as in the search, where it fails the trial
+            raise AutocompressError(f"re-running trial {t.number} failed: {_first_line(exc)}") from None
         bundle = Bundle(model=res.model, structure=structure_for(res.model, spec, ctx.data, policy),
                         metrics=res.metrics, measured_on=res.measured_on, proof=res.proof, history=res.history,
                         provenance=f"re-run of trial {t.number}'s policy with its seed at export time "

@@ -204,3 +204,21 @@ def test_apply_plain_policy_needs_a_study(tmp_path, write_study):
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "model.pt").is_file() and (tmp_path / "out" / "baseline.pt").is_file()
+
+
+def test_apply_of_a_policy_that_breaks_ends_with_an_error_line(tmp_path, write_study, monkeypatch):
+    import autocompress.trial
+    from autocompress.policy import Policy
+
+    def breaks(policy, ctx, **kw):
+        raise KeyError("layer4.0.conv1")   # e.g. a technique's library on a model it cannot handle
+
+    monkeypatch.setattr(autocompress.trial, "run_trial", breaks)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(Policy().to_yaml())
+    result = CliRunner().invoke(app, ["apply", str(plain), "--study", str(write_study()), "--epochs", "0",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]   # after the progress lines
+    assert last.startswith("error: the policy cannot be applied: KeyError"), result.output
