@@ -27,7 +27,6 @@ def start_workers(*, study: str, storage: str, out: Path, workers: int, training
                   devices: list[str] | None = None) -> list[subprocess.Popen]:
     """Start workers ``first_index..workers-1`` (the calling process is worker 0)."""
     import os
-
     import tempfile
 
     slots = assign(workers, training_device, devices)
