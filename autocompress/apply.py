@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from autocompress.errors import AutocompressError, ConfigError, TrialFailed
 from autocompress.policy import Policy
+from autocompress.utils import error_line
 
 
 @dataclass(frozen=True)
@@ -126,9 +127,7 @@ def apply_policy(policy_file: Path, *, epochs: int | None = None, out: Path | No
     except TrialFailed as exc:
         raise AutocompressError(f"the policy cannot be applied: {exc.reason}") from None
     except Exception as exc:  # as in the search, where it fails the trial: a technique that cannot apply
-        from autocompress.rebuild import _first_line
-
-        raise AutocompressError(f"the policy cannot be applied: {_first_line(exc)}") from None
+        raise AutocompressError(f"the policy cannot be applied: {error_line(exc)}") from None
     origin = f"study '{pf.study_name}', trial {pf.trial}" if pf.study_name else str(policy_file)
     provenance = (f"autocompress apply: {result.epochs_run} epoch(s) of fine-tuning on the whole training split, "
                   f"seed {seed}, policy from {origin}; measured right after training")

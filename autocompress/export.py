@@ -30,9 +30,9 @@ import yaml
 from torch import nn
 
 from autocompress.errors import AutocompressError, TrialFailed
-from autocompress.rebuild import (FORMAT, MODEL_FILE, STRUCTURE_FILE, TORCHSCRIPT_FILE, _first_line, load_exported,
+from autocompress.rebuild import (FORMAT, MODEL_FILE, STRUCTURE_FILE, TORCHSCRIPT_FILE, load_exported,
                                   save_model, structure_for)
-from autocompress.utils import atomic_write_text
+from autocompress.utils import atomic_write_bytes, atomic_write_text, error_line
 
 ONNX_FILE = "model.onnx"
 POLICY_FILE = "policy.yaml"
@@ -116,21 +116,19 @@ def _torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> str:
         return "ok"
     except Exception as exc:
         path.unlink(missing_ok=True)
-        return f"not written: {_first_line(exc)}"
+        return f"not written: {error_line(exc)}"
 
 
 def _onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str:
-    tmp = path.with_name(f".{path.name}.tmp")
+    from autocompress.runtimes import export_onnx
+
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model.eval(), (example,), str(tmp), dynamo=False, input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        with torch.no_grad():
+            onnx_bytes = export_onnx(model.eval(), example)
             reference = model(example).float().numpy()
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
-        return f"not written: {_first_line(exc)}"
-    tmp.replace(path)
+        return f"not written: {error_line(exc)}"
+    atomic_write_bytes(path, onnx_bytes)
     try:
         import onnxruntime as ort
 
@@ -140,7 +138,7 @@ def _onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str:
     except ImportError:
         return "ok (not checked: onnxruntime is not installed)"
     except Exception as exc:
-        return f"written, but onnxruntime cannot run it: {_first_line(exc)}"
+        return f"written, but onnxruntime cannot run it: {error_line(exc)}"
     return f"ok (onnxruntime {ort.__version__} output within {diff:.2g} of PyTorch's)"
 
 
@@ -363,7 +361,7 @@ def export_study(results: Any, *, rule: Any, out: Path | None = None,
         except TrialFailed as exc:
             raise AutocompressError(f"re-running trial {t.number} failed: {exc.reason}") from None
         except Exception as exc:  # as in the search, where it fails the trial
-            raise AutocompressError(f"re-running trial {t.number} failed: {_first_line(exc)}") from None
+            raise AutocompressError(f"re-running trial {t.number} failed: {error_line(exc)}") from None
         bundle = Bundle(model=res.model, structure=structure_for(res.model, spec, ctx.data, policy),
                         metrics=res.metrics, measured_on=res.measured_on, proof=res.proof, history=res.history,
                         provenance=f"re-run of trial {t.number}'s policy with its seed at export time "

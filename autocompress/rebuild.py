@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import AutocompressError
-from autocompress.utils import atomic_torch_save, atomic_write_text
+from autocompress.utils import atomic_torch_save, atomic_write_text, error_line
 
 log = logging.getLogger("autocompress")
 
@@ -177,7 +177,7 @@ def load_exported(path: str | Path) -> nn.Module:
             warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
             state = torch.load(files[1], map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise AutocompressError(f"{files[1]}: cannot read ({_first_line(exc)})") from None
+        raise AutocompressError(f"{files[1]}: cannot read ({error_line(exc)})") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -211,6 +211,3 @@ def structure_for(model: nn.Module, spec: Any, data: Any, policy: Any) -> dict[s
                            quantization={"mode": q.mode, "per_channel": q.per_channel})
 
 
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:240]}" if text else type(exc).__name__

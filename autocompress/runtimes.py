@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import TrialFailed
+from autocompress.utils import error_line
 
 BACKENDS = ("eager", "torchscript", "compile", "onnxruntime")
 MIN_AGREEMENT = 0.995      # top-1 agreement with the eager model on the validation split
@@ -217,11 +218,6 @@ def _session(model_bytes: bytes, device: str, threads: int | None) -> Any:
     return ort.InferenceSession(model_bytes, sess_options=opts, providers=providers)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:240]}" if text else type(exc).__name__
-
-
 @contextlib.contextmanager
 def _fails_trial(backend: str, model: nn.Module) -> Iterator[None]:
     try:
@@ -231,4 +227,4 @@ def _fails_trial(backend: str, model: nn.Module) -> Iterator[None]:
     except Exception as exc:
         what = "int8 torch.ao models" if is_int8_ao(model) else "this model"
         hint = " (torch.compile must capture the whole model in one graph)" if backend == "compile" else ""
-        raise TrialFailed(f"runtime {backend} does not run {what}: {_first_line(exc)}{hint}") from None
+        raise TrialFailed(f"runtime {backend} does not run {what}: {error_line(exc)}{hint}") from None

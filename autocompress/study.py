@@ -28,7 +28,7 @@ from autocompress.errors import AutocompressError, ConfigError, TrialFailed
 from autocompress.space import SearchSpace
 from autocompress.storage import STUDY_FILE, check_url, default_run_dir, default_storage_url, open_storage
 from autocompress.trial import Stopped, TargetSettings, TrialContext, TrialResult, run_trial, structure_key
-from autocompress.utils import atomic_write_text, redact_url, resolve_device, seed_everything
+from autocompress.utils import atomic_write_text, error_line, redact_url, resolve_device, seed_everything
 from autocompress.zoo import build_data, build_model
 
 log = logging.getLogger("autocompress")
@@ -293,7 +293,7 @@ def make_objective(run: StudyRun) -> Callable[[optuna.Trial], list[float]]:
             trial.set_user_attr(ATTR_INTERRUPTED, True)
             raise
         except Exception as exc:  # a technique that cannot apply: record, keep searching
-            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            reason = error_line(exc, 300)
             trial.set_user_attr(ATTR_REASON, reason)
             trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
             raise TrialFailed(reason) from exc

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes, seeding, credential-free storage URLs."""
+"""Small shared helpers: atomic file writes, seeding, credential-free storage URLs, error lines."""
 
 from __future__ import annotations
 
@@ -61,3 +61,16 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cuda")
         return torch.device("cpu")
     return torch.device(name)
+
+
+def error_line(exc: BaseException, limit: int = 240) -> str:
+    """``Type: first line of the message`` (whitespace collapsed, cut at ``limit``): how a
+    failure is told in one line, as a trial's reason or a CLI error."""
+    text = " ".join(str(exc).strip().splitlines()[0].split()) if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:limit]}" if text else type(exc).__name__
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (the CPU for a model without parameters)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

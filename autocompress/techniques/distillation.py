@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from autocompress.errors import TrialFailed
 from autocompress.techniques.base import Technique
+from autocompress.utils import device_of
 
 if TYPE_CHECKING:
     from autocompress.policy import Policy
@@ -84,11 +85,6 @@ def _projection(student: Tensor, teacher: Tensor) -> nn.Module | None:
     return conv(cs, ct, kernel_size=1, bias=False)
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 class Distillation(Technique):
     name = "distillation"
 
@@ -144,7 +140,7 @@ class Distillation(Technique):
         was_training = student.training
         with torch.no_grad():
             student.eval()
-            student(example.to(_device_of(student)))
+            student(example.to(device_of(student)))
             self.teacher(example.to(self.ctx.device))
         student.train(was_training)
         for i, tap in enumerate(self.taps):

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import TrialFailed
+from autocompress.utils import error_line
 
 if TYPE_CHECKING:
     from autocompress.policy import PruningPolicy
@@ -299,15 +300,15 @@ def shrink(model: nn.Module, masks: Masks, example: torch.Tensor) -> nn.Module:
         with _quiet():
             ModelSpeedup(model, example, masks, graph_module=graph, logger=SPEEDUP_LOG).speedup_model()
     except Exception as exc:  # NNI raises anything from assertions to shape errors
-        raise TrialFailed(f"NNI ModelSpeedup cannot shrink this model ({type(exc).__name__}: "
-                          f"{_first_line(exc)})") from None
+        raise TrialFailed(f"NNI ModelSpeedup cannot shrink this model ("
+                          f"{error_line(exc)})") from None
     model.eval()  # modules NNI replaced come back in train mode
     try:
         with torch.no_grad():
             out = model(example)
     except Exception as exc:
         raise TrialFailed(f"the model no longer runs after NNI ModelSpeedup removed channels "
-                          f"({type(exc).__name__}: {_first_line(exc)}); NNI cannot shrink this "
+                          f"({error_line(exc)}); NNI cannot shrink this "
                           "architecture") from None
     if out.shape != reference.shape:
         raise TrialFailed(f"NNI ModelSpeedup changed the output shape from {tuple(reference.shape)} to "
@@ -316,7 +317,7 @@ def shrink(model: nn.Module, masks: Masks, example: torch.Tensor) -> nn.Module:
         copy.deepcopy(model).train()(example)
     except Exception as exc:
         raise TrialFailed(f"after NNI ModelSpeedup the model runs in eval mode but not in train mode "
-                          f"({type(exc).__name__}: {_first_line(exc)}); layers used only in training "
+                          f"({error_line(exc)}); layers used only in training "
                           "were not shrunk") from None
     model.train(was_training)
     return model
@@ -327,7 +328,7 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
         return torch.fx.symbolic_trace(model)
     except Exception as exc:
         raise TrialFailed(f"structured pruning needs a torch.fx trace of the model, which failed "
-                          f"({type(exc).__name__}: {_first_line(exc)})") from None
+                          f"({error_line(exc)})") from None
 
 
 # -- measure ----------------------------------------------------------------------------------
@@ -383,6 +384,3 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

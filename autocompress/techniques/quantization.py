@@ -25,6 +25,7 @@ from torch import nn
 from autocompress.errors import TrialFailed
 from autocompress.metrics.size import size_mb
 from autocompress.techniques.base import Technique
+from autocompress.utils import error_line, device_of
 
 if TYPE_CHECKING:
     from autocompress.policy import Policy
@@ -89,11 +90,6 @@ def _dynamic_spec(per_channel: bool) -> dict:
             nn.LSTM: default_dynamic_qconfig, nn.GRU: default_dynamic_qconfig}
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:240]}" if text else type(exc).__name__
-
-
 @contextlib.contextmanager
 def _fails_trial(what: str) -> Iterator[None]:
     """Any error in FX tracing/preparing/converting ends the trial with its reason."""
@@ -102,7 +98,7 @@ def _fails_trial(what: str) -> Iterator[None]:
     except (TrialFailed, torch.OutOfMemoryError, MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        raise TrialFailed(f"{what}: {_first_line(exc)}") from None
+        raise TrialFailed(f"{what}: {error_line(exc)}") from None
 
 
 def prepare_static(model: nn.Module, example: torch.Tensor, *, per_channel: bool) -> nn.Module:
@@ -264,7 +260,7 @@ class Quantization(Technique):
     def before_finetune(self, model: nn.Module) -> nn.Module:
         if self.mode != "qat_int8":
             return model
-        example = self.ctx.example_batch().to(_device_of(model))
+        example = self.ctx.example_batch().to(device_of(model))
         self._float_size_mb = size_mb(model)
         return prepare_qat(model, example, per_channel=self.q.per_channel)
 
@@ -342,14 +338,9 @@ class Quantization(Technique):
         except (torch.OutOfMemoryError, MemoryError):
             raise
         except Exception as exc:
-            raise TrialFailed(f"{self.mode} does not run on {device}: {_first_line(exc)}") from None
+            raise TrialFailed(f"{self.mode} does not run on {device}: {error_line(exc)}") from None
         if not torch.isfinite(out).all():
             raise TrialFailed(f"{self.mode} overflows on this model (non-finite outputs)")
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def build(policy: "Policy", ctx: "TrialContext") -> Technique | None:
