@@ -17,6 +17,7 @@ from autocompress.utils import redact_url
 
 STUDY_FILE = "study.yaml"          # the resolved study spec, written when the study is created
 DB_FILE = "study.db"
+STORAGE_FILE = "storage.url"       # a storage given with --storage, its password left out
 HEARTBEAT_S = 30
 GRACE_S = 90
 

@@ -26,7 +26,7 @@ from autocompress.config import StudySpec, spec_to_yaml
 from autocompress.efficiency import early_stop_func, enqueue_warm_starts, load_cheap_cache, prescreen_func
 from autocompress.errors import AutocompressError, ConfigError, TrialFailed
 from autocompress.space import SearchSpace
-from autocompress.storage import STUDY_FILE, check_url, default_run_dir, default_storage_url, open_storage
+from autocompress.storage import STORAGE_FILE, STUDY_FILE, check_url, default_run_dir, default_storage_url, open_storage
 from autocompress.trial import Stopped, TargetSettings, TrialContext, TrialResult, run_trial, structure_key
 from autocompress.utils import atomic_write_text, error_line, redact_url, resolve_device, seed_everything
 from autocompress.zoo import build_data, build_model
@@ -130,6 +130,8 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
         rdb = open_storage(url, heartbeat_s=hb.interval_s, grace_s=hb.grace_s, max_retry=hb.max_retry)
         _check_existing(rdb, spec)
         if fresh_dir:
+            if storage and storage != spec.storage:  # so status/report/export find it again
+                atomic_write_text(run_dir / STORAGE_FILE, redact_url(storage) + "\n")
             atomic_write_text(run_dir / STUDY_FILE, spec_to_yaml(spec))
         study = optuna.create_study(study_name=spec.name, storage=rdb, directions=spec.directions,
                                     sampler=make_sampler(spec, worker_offset=worker_index),

@@ -81,6 +81,36 @@ def test_a_worker_joins_from_the_storage_alone(write_study, tmp_path, postgres_u
     _check_exact(optuna.load_study(study_name="joined", storage=postgres_url), 3)
 
 
+def test_status_finds_a_study_searched_with_storage(write_study, tmp_path, postgres_url):
+    study_file = write_study(name="elsewhere", **{**FAST, "budget": {**FAST["budget"], "trials": 2}})
+    run_dir = tmp_path / "run"
+    assert runner.invoke(app, ["search", str(study_file), "--out", str(run_dir), "--storage", postgres_url]).exit_code == 0
+    assert not (run_dir / "study.db").exists()
+    assert PG_PASSWORD not in (run_dir / "storage.url").read_text()
+    # without the password: one line saying where the study is and how to reach it
+    result = runner.invoke(app, ["status", str(run_dir)], env={"AUTOCOMPRESS_STORAGE": None})
+    assert result.exit_code == 2 and "--storage" in result.output and "autocompress:***@" in result.output
+    assert PG_PASSWORD not in result.output and not (run_dir / "study.db").exists()
+    # with it in the environment (as workers get it), or on the command line
+    result = runner.invoke(app, ["status", str(run_dir)], env={"AUTOCOMPRESS_STORAGE": postgres_url})
+    assert result.exit_code == 0 and "2 complete" in result.output.replace("COMPLETE", "complete"), result.output
+    result = runner.invoke(app, ["status", str(run_dir), "--storage", postgres_url])
+    assert result.exit_code == 0, result.output
+
+
+def test_status_finds_a_study_in_another_sqlite_file(write_study, tmp_path):
+    study_file = write_study(name="other-file", **{**FAST, "budget": {**FAST["budget"], "trials": 1}})
+    run_dir, db = tmp_path / "run", tmp_path / "elsewhere.db"
+    assert runner.invoke(app, ["search", str(study_file), "--out", str(run_dir),
+                               "--storage", f"sqlite:///{db}"]).exit_code == 0
+    result = runner.invoke(app, ["status", str(run_dir)])
+    assert result.exit_code == 0 and "other-file" in result.output, result.output
+    (run_dir / "storage.url").unlink()    # a run directory that lost track of its storage
+    result = runner.invoke(app, ["status", str(run_dir)])
+    assert result.exit_code == 2 and "has no study.db" in result.output
+    assert not (run_dir / "study.db").exists()
+
+
 def test_unreachable_database_is_one_line_without_the_password(write_study, tmp_path):
     url = f"postgresql://someone:{PG_PASSWORD}@127.0.0.1:1/nowhere"
     result = runner.invoke(app, ["search", str(write_study()), "--out", str(tmp_path / "run"), "--storage", url])
