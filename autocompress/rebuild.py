@@ -170,8 +170,11 @@ def load_exported(path: str | Path) -> nn.Module:
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise AutocompressError(f"not an exported model: {', '.join(missing)} missing")
-    structure = json.loads(files[0].read_text())
-    model = rebuild(structure)
+    try:
+        structure = json.loads(files[0].read_text(encoding="utf-8"))
+        model = rebuild(structure)
+    except Exception as exc:  # a truncated or hand-edited file
+        raise AutocompressError(f"{files[0]}: cannot rebuild the model from it ({error_line(exc)})") from None
     try:
         with warnings.catch_warnings():  # int8 tensors are rebuilt through a deprecated storage path
             warnings.filterwarnings("ignore", message="TypedStorage is deprecated")

@@ -156,6 +156,12 @@ def test_failed_creation_in_an_existing_folder_keeps_the_users_files(write_study
 def test_status_of_unknown_study(tmp_path):
     result = runner.invoke(app, ["status", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "no study" in result.output
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "study.yaml").write_text("name: [unclosed\n")
+    result = runner.invoke(app, ["status", str(broken)])
+    assert result.exit_code == 2 and "study.yaml" in result.output and "invalid YAML" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_ctrl_c_stops_cleanly_and_the_study_resumes(write_study, tmp_path, monkeypatch):

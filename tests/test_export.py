@@ -123,6 +123,11 @@ def test_load_exported_rebuilds_pruned_and_quantized_models(tmp_path, mode):
 def test_load_exported_explains_what_is_missing(tmp_path):
     with pytest.raises(AutocompressError, match="not an exported model"):
         load_exported(tmp_path)
+    # a truncated structure.json is one line naming the file
+    (tmp_path / "structure.json").write_text('{"format": 1, "layers": [')
+    (tmp_path / "model.pt").write_bytes(b"")
+    with pytest.raises(AutocompressError, match=r"structure.json: cannot rebuild the model from it \(JSONDecodeError"):
+        load_exported(tmp_path)
 
 
 # -- the whole path: search -> export -> load -> apply ----------------------------------------
