@@ -26,6 +26,12 @@ def test_digits_split_is_fixed_and_disjoint():
     train = {tuple(x.flatten().tolist()) for x in a.train.tensors[0][:200]}
     test = {tuple(x.flatten().tolist()) for x in a.test.tensors[0]}
     assert len(train & test) < 5  # digits has a few duplicate images, never many
+    # the study seed draws the split, as for CIFAR and ImageFolder
+    from autocompress.config import DataSpec
+    from autocompress.zoo.data import build_data
+
+    assert torch.equal(build_data(DataSpec(builtin="digits"), seed=0).val.tensors[0], a.val.tensors[0])
+    assert not torch.equal(build_data(DataSpec(builtin="digits"), seed=1).val.tensors[0], a.val.tensors[0])
 
 
 def _write_cifar10(root, n_train=20, n_test=10):

@@ -185,7 +185,7 @@ def build_data(spec: Any, *, seed: int, source: str | None = None) -> DataBundle
         if kind == "builtin":
             if spec.builtin != "digits":
                 raise ConfigError(source, "data.builtin", f"unknown data set '{spec.builtin}' (choose from: digits)")
-            return digits(seed=0)
+            return digits(seed=seed)
         if kind in ("cifar10", "cifar100"):
             opts = rooted(getattr(spec, kind), kind)
             return cifar(classes=10 if kind == "cifar10" else 100, seed=seed, **opts)
