@@ -205,3 +205,24 @@ def load_cheap_cache(study: optuna.Study) -> dict[str, dict[str, float]]:
         if key and cheap:
             cache.setdefault(key, cheap)
     return cache
+
+
+ATTR_KNOWN_AS = "failure_known_as"
+
+
+def remember_failure(known: dict[str, str], trial: optuna.Trial, key: str, reason: str) -> None:
+    """A runtime conversion that failed for ``key`` fails every later trial with that key
+    before any training, with this trial's reason (``TrialContext.known_failures``)."""
+    trial.set_user_attr(ATTR_KNOWN_AS, key)
+    known.setdefault(key, f"{reason} (as trial {trial.number} found; ended before training)")
+
+
+def load_known_failures(study: optuna.Study) -> dict[str, str]:
+    """``remember_failure``'s memory rebuilt from the storage (on resume, and for workers): the
+    first trial per key is the one that found it."""
+    known: dict[str, str] = {}
+    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)), key=lambda t: t.number):
+        key = t.user_attrs.get(ATTR_KNOWN_AS)
+        if key and key not in known:
+            known[key] = f"{t.user_attrs.get('fail_reason', 'failed')} (as trial {t.number} found; ended before training)"
+    return known

@@ -28,8 +28,11 @@ class TrialFailed(Exception):
     The study records ``reason`` on the trial and goes on.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, known_as: str | None = None) -> None:
         self.reason = reason
+        # Set when every policy with this key fails the same way on this model (e.g. a runtime
+        # without kernels for a number format): later trials with the key end before training.
+        self.known_as = known_as
         super().__init__(reason)
 
 

@@ -23,7 +23,8 @@ from autocompress.baseline import prepare_baseline
 from autocompress.budget import (ATTR_BASELINE, ATTR_INTERRUPTED, ATTR_REASON, BudgetSpent, budget_lock,
                                  budgeted_ask, running, wait_for_running)
 from autocompress.config import StudySpec, spec_to_yaml
-from autocompress.efficiency import early_stop_func, enqueue_warm_starts, load_cheap_cache, prescreen_func
+from autocompress.efficiency import (early_stop_func, enqueue_warm_starts, load_cheap_cache, load_known_failures,
+                                     prescreen_func, remember_failure)
 from autocompress.errors import AutocompressError, ConfigError, TrialFailed
 from autocompress.space import SearchSpace
 from autocompress.storage import STORAGE_FILE, STUDY_FILE, check_url, default_run_dir, default_storage_url, open_storage
@@ -161,6 +162,7 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
     study.set_user_attr("baseline_metrics", ctx.baseline_metrics)
     ctx.data = data.subset_train(spec.budget.train_fraction, spec.seed)
     ctx.cheap_cache = load_cheap_cache(study)
+    ctx.known_failures = load_known_failures(study)
     return StudyRun(spec, space, run_dir, url, study, ctx, log)
 
 
@@ -290,6 +292,8 @@ def make_objective(run: StudyRun) -> Callable[[optuna.Trial], list[float]]:
             raise optuna.TrialPruned(exc.reason) from None
         except TrialFailed as exc:
             trial.set_user_attr(ATTR_REASON, exc.reason)
+            if exc.known_as:
+                remember_failure(ctx.known_failures, trial, exc.known_as, exc.reason)
             raise
         except KeyboardInterrupt:
             trial.set_user_attr(ATTR_INTERRUPTED, True)

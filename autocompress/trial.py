@@ -57,6 +57,9 @@ class TrialContext:
     on_epoch: Callable[[int, dict[str, float], dict[str, float]], str | None] | None = None
     # Cheap metrics already measured, by structure key (see ``structure_key``).
     cheap_cache: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Failures that every policy with the same ``runtime_key`` meets on this model, with the
+    # reason (a runtime that cannot run a number format): such a trial ends before training.
+    known_failures: dict[str, str] = field(default_factory=dict)
 
     def example_batch(self, n: int = 2) -> torch.Tensor:
         loader = make_loader(self.data.train, n, shuffle=False)
@@ -94,6 +97,14 @@ def structure_key(policy: Policy) -> str:
     import json
 
     return json.dumps(policy.to_dict()["pruning"], sort_keys=True)
+
+
+def runtime_key(policy: Policy) -> str:
+    """What decides whether the deployed model converts to its runtime: the runtime and the
+    number format (pruning changes widths, not the operators; training changes weights)."""
+    q = policy.quantization
+    fmt = f"{q.mode}/{'per-channel' if q.per_channel else 'per-tensor'}" if q.mode.endswith("int8") else q.mode
+    return f"{policy.runtime.backend}:{fmt}"
 
 
 def structure_metrics(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
@@ -138,13 +149,17 @@ def deployed_metrics(model: nn.Module, ctx: TrialContext, *, runtime: Runtime | 
     }
 
 
-def deploy_runtime(model: nn.Module, backend: str, ctx: TrialContext) -> tuple[Runtime, dict[str, Any]]:
-    """``model`` converted for ``backend``, its validation predictions re-checked against the
-    eager model's (``TrialFailed`` when the conversion fails or changes them)."""
-    dev = ctx.target.device
+def deploy_runtime(model: nn.Module, policy: Policy, ctx: TrialContext) -> tuple[Runtime, dict[str, Any]]:
+    """``model`` converted for the policy's runtime, its validation predictions re-checked
+    against the eager model's (``TrialFailed`` when the conversion fails or changes them; a
+    conversion failure is ``known_as`` the policy's ``runtime_key``)."""
+    dev, backend = ctx.target.device, policy.runtime.backend
     model.to(dev).eval()
-    runtime = build_runtime(model, backend, ctx.example_batch().to(dev), device=dev,
-                            threads=ctx.target.threads)
+    try:
+        runtime = build_runtime(model, backend, ctx.example_batch().to(dev), device=dev,
+                                threads=ctx.target.threads)
+    except TrialFailed as exc:
+        raise TrialFailed(exc.reason, known_as=runtime_key(policy)) from None
     proof = {**runtime.proof(), "size_source": runtime.artifact_kind if runtime.artifact else "state dict"}
     if backend != "eager":
         val = make_loader(ctx.data.val, ctx.eval_batch_size, shuffle=False)
@@ -176,6 +191,8 @@ def run_trial(policy: Policy, ctx: TrialContext, *, keep_model: bool = True) -> 
         timings[f"{name}_s"] = round(now - clock, 4)
         clock = now
 
+    if (known := ctx.known_failures.get(runtime_key(policy))) is not None:
+        raise TrialFailed(known, known_as=runtime_key(policy))
     torch.manual_seed(ctx.seed)
     example = ctx.example_batch()
     model = copy.deepcopy(ctx.teacher).to("cpu").requires_grad_(True)
@@ -224,7 +241,7 @@ def run_trial(policy: Policy, ctx: TrialContext, *, keep_model: bool = True) -> 
             model = t.post_training(model)
         lap("post_training")
 
-        runtime, runtime_proof = deploy_runtime(model, policy.runtime.backend, ctx)
+        runtime, runtime_proof = deploy_runtime(model, policy, ctx)
         lap("runtime")
 
         metrics = {**structure, **deployed_metrics(model, ctx, runtime=runtime)}

@@ -185,3 +185,46 @@ def test_bad_warm_start_policy_is_a_config_error():
 
     with pytest.raises(ConfigError, match=r"warm_start.policies\[0\]"):
         _spec(warm_start={"policies": [{"prunning": {}}]})
+
+
+def test_a_known_runtime_failure_ends_later_trials_before_training(write_study, tmp_path, monkeypatch):
+    """dynamic int8 has no ONNX export: the first such trial finds it after fine-tuning, the
+    next ones end before any training step, with its reason; a resumed study remembers."""
+    from typer.testing import CliRunner
+
+    from autocompress.cli import app
+    from autocompress.efficiency import ATTR_KNOWN_AS, load_known_failures
+
+    space = {"quantization": {"mode": "dynamic_int8"}, "runtime": {"backend": "onnxruntime"},
+             "training": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}}}
+    study_file = write_study(search_space=space, model={"builtin": "mlp", "kwargs": {"hidden": 16, "depth": 1}},
+                             budget={"trials": 3, "epochs": 1, "train_fraction": 0.2},
+                             warm_start={"recipes": False})
+    assert CliRunner().invoke(app, ["search", str(study_file), "--out", str(tmp_path / "run")]).exit_code == 0
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    first, *later = [t for t in study.get_trials() if not t.user_attrs.get("baseline")]
+    assert first.state.name == "FAIL" and "does not run int8 torch.ao models" in first.user_attrs["fail_reason"]
+    assert len(later) == 2
+    for t in later:
+        assert t.state.name == "FAIL" and t.user_attrs[ATTR_KNOWN_AS] == first.user_attrs[ATTR_KNOWN_AS]
+        assert f"as trial {first.number} found; ended before training" in t.user_attrs["fail_reason"]
+    assert load_known_failures(study) == {
+        "onnxruntime:dynamic_int8/per-channel": later[0].user_attrs["fail_reason"]}
+
+
+def test_known_failures_end_the_trial_before_any_optimizer_step(digits_ctx, monkeypatch):
+    import torch
+
+    from autocompress.errors import TrialFailed
+    from autocompress.trial import runtime_key
+
+    steps = []
+    monkeypatch.setattr(torch.optim.Optimizer, "zero_grad", lambda self, *a, **k: steps.append(1))
+    bf16_ort = Policy(quantization=QuantizationPolicy(mode="bf16"), runtime=RuntimePolicy(backend="onnxruntime"))
+    digits_ctx.known_failures = {runtime_key(bf16_ort): "no bf16 Conv (as trial 3 found; ended before training)"}
+    with pytest.raises(TrialFailed, match="as trial 3 found") as err:
+        run_trial(bf16_ort, digits_ctx)
+    assert err.value.known_as == "onnxruntime:bf16" and steps == []
+    # another format or runtime is not affected
+    assert runtime_key(Policy(quantization=QuantizationPolicy(mode="fp16"), runtime=RuntimePolicy(backend="onnxruntime"))) \
+        not in digits_ctx.known_failures
