@@ -7,6 +7,7 @@ the shape of one input, and whether horizontal flips keep labels.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,14 +90,24 @@ def cifar(root: str | Path, *, classes: int = 10, val_fraction: float = 0.1, see
     """CIFAR-10/100 in the standard python-pickle layout under ``root`` (not downloaded)."""
     from torchvision import datasets
 
-    cls = datasets.CIFAR10 if classes == 10 else datasets.CIFAR100
+    base = datasets.CIFAR10 if classes == 10 else datasets.CIFAR100
+    # the layout is checked, not torchvision's md5 sums of the original archive: a subset or a
+    # re-pickled copy in the same format is still CIFAR to the user
+    cls = type(base.__name__, (base,), {
+        "train_list": [[name, None] for name, _ in base.train_list],
+        "test_list": [[name, None] for name, _ in base.test_list],
+        "meta": {**base.meta, "md5": None}})
     tf = _normalize_transform((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
     try:
         full = cls(str(root), train=True, download=False, transform=tf)
         test = cls(str(root), train=False, download=False, transform=tf)
-    except RuntimeError as exc:
-        raise ValueError(f"no CIFAR-{classes} data under '{root}' ({exc}); "
-                         "autocompress never downloads data sets") from None
+    except RuntimeError:
+        raise ValueError(f"no CIFAR-{classes} data under '{root}' (expected {base.base_folder}/ with "
+                         f"{', '.join(n for n, _ in base.train_list + base.test_list)}, "
+                         f"{base.meta['filename']}); autocompress never downloads data sets") from None
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError) as exc:
+        raise ValueError(f"CIFAR-{classes} files under '{root}' do not read as the python-pickle "
+                         f"format: {type(exc).__name__}: {exc}") from None
     labels = np.asarray(full.targets)
     n = len(labels)
     idx = np.random.default_rng(seed).permutation(n)
