@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -118,6 +119,17 @@ def test_load_exported_rebuilds_pruned_and_quantized_models(tmp_path, mode):
     with torch.no_grad():
         assert torch.equal(loaded(example), model(example))
     assert type(loaded).__name__ == type(model).__name__
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    from autocompress.utils import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.html", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644
 
 
 def test_load_exported_explains_what_is_missing(tmp_path):
