@@ -117,3 +117,15 @@ def test_batch_1_latency_and_batch_n_throughput_are_both_measured(digits_ctx):
     assert m["latency_ms"] > 0 and m["throughput_sps"] > 0
     # 32 samples per batch: far more samples per second than one batch-1 call gives
     assert m["throughput_sps"] > 1e3 / m["latency_ms"]
+
+
+def test_an_accuracy_drop_equal_to_its_bound_meets_the_constraint(digits_ctx, monkeypatch):
+    import autocompress.trial as trial
+    from autocompress.config import Constraint
+
+    monkeypatch.setattr(trial, "evaluate", lambda *a, **k: 0.35)
+    digits_ctx.baseline_metrics["accuracy"] = 0.4
+    model = digits_ctx.teacher
+    drop = trial.deployed_metrics(model, digits_ctx)["accuracy_drop"]
+    assert drop == 0.05
+    assert Constraint.parse("accuracy_drop <= 0.05").violation(drop) <= 0
