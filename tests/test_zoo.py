@@ -121,6 +121,29 @@ def test_user_factories_for_data_and_model(tmp_path, monkeypatch):
     sys.modules.pop("userpkg", None)
 
 
+def test_data_factory_with_unusable_datasets_is_a_config_error(tmp_path, monkeypatch):
+    (tmp_path / "baddata.py").write_text(
+        "import torch\n"
+        "from torch.utils.data import TensorDataset\n"
+        "x, y = torch.randn(12, 4), torch.arange(12) % 3\n"
+        "ok = TensorDataset(x, y)\n"
+        "def empty_val():\n"
+        "    return ok, TensorDataset(x[:0], y[:0]), ok\n"
+        "def float_labels():\n"
+        "    ds = TensorDataset(x, y.float())\n"
+        "    return ds, ds, ds\n"
+        "def dicts():\n"
+        "    ds = [{'x': a, 'y': b} for a, b in ok]\n"
+        "    return ds, ds, ds\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name, message in [("empty_val", "the val dataset is empty"),
+                          ("float_labels", r"the label of train\[0\] must be one integer class index \(got torch.float32\)"),
+                          ("dicts", "train.0. is not an .x, y. pair .got dict")]:
+        with pytest.raises(ConfigError, match=f"s.yaml: data.factory: data factory 'baddata:{name}': {message}"):
+            build_data(DataSpec(factory=f"baddata:{name}"), seed=0, source="s.yaml")
+    sys.modules.pop("baddata", None)
+
+
 def test_factory_that_raises_is_a_config_error(tmp_path, monkeypatch):
     (tmp_path / "badpkg.py").write_text("def model(num_classes, in_channels):\n    raise RuntimeError('boom')\n")
     monkeypatch.syspath_prepend(str(tmp_path))

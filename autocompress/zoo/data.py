@@ -166,11 +166,20 @@ def from_factory(path: str, kwargs: dict, base_dir: Path) -> DataBundle:
     if not isinstance(result, (tuple, list)) or len(result) != 3 or any(r is None for r in result):
         raise ValueError(f"data factory '{path}' must return (train, val, test) datasets")
     train, val, test = result
+    for split, ds in zip(("train", "val", "test"), result):
+        if len(ds) == 0:
+            raise ValueError(f"data factory '{path}': the {split} dataset is empty")
     try:
-        x, _ = train[0]
+        sample = train[0]
     except Exception as exc:
-        raise ValueError(f"data factory '{path}': train[0] is not an (x, y) pair ({exc})") from None
-    x = torch.as_tensor(x)
+        raise ValueError(f"data factory '{path}': train[0] raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(sample, (tuple, list)) or len(sample) != 2:
+        raise ValueError(f"data factory '{path}': train[0] is not an (x, y) pair "
+                         f"(got {type(sample).__name__})")
+    x, y = (torch.as_tensor(v) for v in sample)
+    if y.numel() != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise ValueError(f"data factory '{path}': the label of train[0] must be one integer class index "
+                         f"(got {y.dtype}{'' if y.numel() == 1 else f' of shape {tuple(y.shape)}'})")
     num_classes = int(meta.get("num_classes") or _infer_num_classes(train))
     return DataBundle(path.split(":")[-1], train, val, test, num_classes, tuple(x.shape),
                       flip_ok=bool(meta.get("flip_ok", x.dim() == 3)),
