@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from urllib.parse import quote
 
 import optuna
 
@@ -27,7 +28,8 @@ def default_run_dir(name: str) -> Path:
 
 
 def default_storage_url(run_dir: Path) -> str:
-    return f"sqlite:///{(run_dir / DB_FILE).resolve()}"
+    # quoted: a '?' or '#' in the run directory would otherwise end the path part of the URL
+    return f"sqlite:///{quote(str((run_dir / DB_FILE).resolve()), safe='/ ')}"
 
 
 def open_storage(url: str, *, heartbeat: bool = True, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_S,

@@ -111,6 +111,16 @@ def test_status_finds_a_study_in_another_sqlite_file(write_study, tmp_path):
     assert not (run_dir / "study.db").exists()
 
 
+def test_default_store_lies_in_a_run_directory_with_url_characters(tmp_path):
+    from autocompress.storage import default_storage_url, open_storage
+
+    run_dir = tmp_path / "my runs" / "x#1?a%20"
+    run_dir.mkdir(parents=True)
+    optuna.create_study(study_name="s", storage=open_storage(default_storage_url(run_dir), heartbeat=False))
+    assert [p.name for p in tmp_path.rglob("*.db")] == ["study.db"]
+    assert (run_dir / "study.db").is_file()
+
+
 def test_unreachable_database_is_one_line_without_the_password(write_study, tmp_path):
     url = f"postgresql://someone:{PG_PASSWORD}@127.0.0.1:1/nowhere"
     result = runner.invoke(app, ["search", str(write_study()), "--out", str(tmp_path / "run"), "--storage", url])
