@@ -248,6 +248,9 @@ def _check_forward(model, data, spec: StudySpec) -> None:
         raise ConfigError(spec.source, "model", f"the model does not run on the data's inputs of shape "
                                                 f"{tuple(data.input_shape)}: {type(exc).__name__}: "
                                                 f"{str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(spec.source, "model", f"the model returns a {type(out).__name__}; expected one "
+                                                f"tensor of (batch, {data.num_classes}) logits")
     if out.dim() != 2 or out.shape[1] != data.num_classes:
         raise ConfigError(spec.source, "model", f"the model outputs shape {tuple(out.shape)}; expected "
                                                 f"(batch, {data.num_classes}) logits")

@@ -98,6 +98,13 @@ CASES = [
      "raised ValueError: no such width"),
     ("factory-not-a-module", lambda t, r: ["search", _factory(t, "def build(num_classes, in_channels):\n"
                                                                 "    return 42\n"), "--out", r], "not nn.Module"),
+    ("factory-returns-a-tuple", lambda t, r: ["search", _factory(t, "from torch import nn\n"
+                                                                  "class M(nn.Linear):\n"
+                                                                  "    def forward(self, x):\n"
+                                                                  "        return super().forward(x.flatten(1)), x\n"
+                                                                  "def build(num_classes, in_channels):\n"
+                                                                  "    return M(64, num_classes)\n"), "--out", r],
+     "the model returns a tuple"),
     ("checkpoint-not-state-dict", lambda t, r: ["search", _ckpt(t, [1, 2, 3]), "--out", r], "not a state dict"),
     ("checkpoint-pickled-code", lambda t, r: ["search", _ckpt(t, {"w": _Evil()}), "--out", r], "pickled code"),
     ("checkpoint-mismatch", lambda t, r: ["search", _ckpt(t, {"w": torch.zeros(2)}), "--out", r],
