@@ -29,8 +29,9 @@ class PolicyFile:
     run_dir: Path | None = None
 
 
-def read_policy_file(path: Path) -> PolicyFile:
-    """An exported ``policy.yaml`` or a plain policy YAML; errors name the file and field."""
+def read_policy_file(path: Path, *, with_study: bool = True) -> PolicyFile:
+    """An exported ``policy.yaml`` or a plain policy YAML; errors name the file and field.
+    ``with_study=False`` (``apply --study``): the study the file names is not read."""
     from autocompress.config import spec_from_dict
     from autocompress.yamlfile import read_yaml
 
@@ -46,9 +47,16 @@ def read_policy_file(path: Path) -> PolicyFile:
         raise ConfigError(source, "policy" if exported else None, str(exc)) from None
     if not exported:
         return PolicyFile(policy, None, None)
-    study = doc.get("study") or {}
+    study = doc.get("study") if isinstance(doc.get("study"), dict) else {}
+    seed = doc.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise ConfigError(source, "seed", f"expected a non-negative integer, got {seed!r}")
+    run_dir = Path(study["run_dir"]) if isinstance(study.get("run_dir"), str) else None
+    if not with_study:
+        return PolicyFile(policy, None, seed, study.get("name"), study.get("trial"), run_dir)
     if not isinstance(study.get("spec"), dict):
-        raise ConfigError(source, "study.spec", "missing: the exported policy does not name its study")
+        raise ConfigError(source, "study.spec", "missing: the exported policy does not name its study "
+                                                "(pass --study STUDY.yaml)")
     # relative paths in the study (checkpoint, data root) stay relative to the original study file
     origin = study.get("source") if study.get("source") and Path(study["source"]).exists() else source
     try:
@@ -56,10 +64,6 @@ def read_policy_file(path: Path) -> PolicyFile:
     except ConfigError as exc:
         where = f"{exc.field}: " if exc.field else ""
         raise ConfigError(source, "study.spec", f"{where}{exc.message}") from None
-    run_dir = Path(study["run_dir"]) if study.get("run_dir") else None
-    seed = doc.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        raise ConfigError(source, "seed", f"expected a non-negative integer, got {seed!r}")
     return PolicyFile(policy, spec, seed, study.get("name"), study.get("trial"), run_dir)
 
 
@@ -104,7 +108,7 @@ def apply_policy(policy_file: Path, *, epochs: int | None = None, out: Path | No
     from autocompress.rebuild import structure_for
     from autocompress.trial import run_trial
 
-    pf = read_policy_file(Path(policy_file))
+    pf = read_policy_file(Path(policy_file), with_study=study_file is None)
     spec = load_study_spec(study_file) if study_file is not None else pf.spec
     if spec is None:
         raise ConfigError(str(policy_file), None, "a plain policy names no study: pass --study STUDY.yaml "

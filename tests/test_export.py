@@ -222,6 +222,16 @@ def test_apply_plain_policy_needs_a_study(tmp_path, write_study):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "model.pt").is_file() and (tmp_path / "out" / "baseline.pt").is_file()
 
+    # a policy: section without the study it came from: --study names model, data and target
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump({"policy": Policy().to_dict(), "seed": 3, "study": "gone"}))
+    result = CliRunner().invoke(app, ["apply", str(bare)])
+    assert result.exit_code == 2 and "--study" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["apply", str(bare), "--study", str(write_study()), "--epochs", "0",
+                                      "--out", str(tmp_path / "out2")])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "out2" / "policy.yaml").read_text())["seed"] == 3
+
 
 def test_apply_of_a_policy_that_breaks_ends_with_an_error_line(tmp_path, write_study, monkeypatch):
     import autocompress.trial
