@@ -122,14 +122,14 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
         raise AutocompressError(f"no study under {run_dir}")
     if not url.startswith("sqlite"):
         rdb = open_storage(url, heartbeat=False)  # fail on an unreachable database before touching the disk
-        _check_existing(rdb, spec)
+        _check_existing(rdb, spec, space)
     # What was in --out before: a failed creation removes only what it added, never a user's folder.
     kept = {child.name for child in run_dir.iterdir()} if run_dir.is_dir() else None
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         hb = spec.heartbeat
         rdb = open_storage(url, heartbeat_s=hb.interval_s, grace_s=hb.grace_s, max_retry=hb.max_retry)
-        _check_existing(rdb, spec)
+        _check_existing(rdb, spec, space)
         if fresh_dir:
             if storage and storage != spec.storage:  # so status/report/export find it again
                 atomic_write_text(run_dir / STORAGE_FILE, redact_url(storage) + "\n")
@@ -223,7 +223,7 @@ def _remove_fresh(run_dir: Path, kept: set[str] | None) -> None:
             child.unlink(missing_ok=True)
 
 
-def _check_existing(storage: optuna.storages.BaseStorage, spec: StudySpec) -> None:
+def _check_existing(storage: optuna.storages.BaseStorage, spec: StudySpec, space: SearchSpace) -> None:
     try:
         study_id = storage.get_study_id_from_name(spec.name)
     except KeyError:
@@ -235,6 +235,21 @@ def _check_existing(storage: optuna.storages.BaseStorage, spec: StudySpec) -> No
         raise ConfigError(spec.source, "objectives",
                           f"study '{spec.name}' already exists with different objectives ({theirs}); "
                           "rename the study or use another --out")
+    # Optuna refuses a knob whose choices or kind changed in an existing study, in every trial
+    new, checked = space.distributions(), set()
+    for t in storage.get_all_trials(study_id, deepcopy=False):
+        for name in set(t.distributions) & set(new) - checked:
+            checked.add(name)
+            old = t.distributions[name]
+            try:
+                optuna.distributions.check_distribution_compatibility(old, new[name])
+            except ValueError:
+                was = (f"choices {list(old.choices)}" if hasattr(old, "choices")
+                       else f"{type(old).__name__} {old.low}..{old.high}")
+                raise ConfigError(spec.source, f"search_space.{name}",
+                                  f"study '{spec.name}' already searched it with {was}; Optuna cannot change "
+                                  "a knob's choices or type in an existing study: rename the study or use "
+                                  "another --out") from None
 
 
 def _check_forward(model, data, spec: StudySpec) -> None:
@@ -275,7 +290,11 @@ def make_objective(run: StudyRun) -> Callable[[optuna.Trial], list[float]]:
 
     def objective(trial: optuna.Trial) -> list[float]:
         started = time.time()
-        policy = run.space.sample(trial)
+        try:
+            policy = run.space.sample(trial)
+        except Exception as exc:  # recorded, so the trial counts toward the budget (no endless retries)
+            trial.set_user_attr(ATTR_REASON, f"cannot sample the search space: {type(exc).__name__}: {exc}")
+            raise
         trial.set_user_attr(ATTR_POLICY, policy.to_dict())
         trial.set_user_attr("policy_summary", policy.describe())
         trial.set_user_attr("worker_pid", os.getpid())

@@ -153,6 +153,24 @@ def test_failed_creation_in_an_existing_folder_keeps_the_users_files(write_study
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_resume_with_changed_knob_choices_is_refused(write_study, tmp_path):
+    run_dir = tmp_path / "run"
+    assert runner.invoke(app, ["search", str(write_study()), "--out", str(run_dir), "--trials", "1"]).exit_code == 0
+    space = {"training": {"optimizer": {"choices": ["sgd", "adam"]}, "lr": {"low": 1e-4, "high": 1e-1, "log": True},
+                          "batch_size": 64}}
+    result = runner.invoke(app, ["search", str(write_study("other.yaml", search_space=space)), "--out", str(run_dir),
+                                 "--trials", "3"])
+    # once refused, not one failed trial per attempt forever (choices a study cannot change in Optuna)
+    assert result.exit_code == 2, result.output
+    assert "search_space.training.optimizer" in result.output and "['sgd', 'adamw']" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    # a wider float range is fine: the study resumes
+    space["training"]["optimizer"] = {"choices": ["sgd", "adamw"]}
+    result = runner.invoke(app, ["search", str(write_study("wider.yaml", search_space=space)), "--out", str(run_dir),
+                                 "--trials", "2"])
+    assert result.exit_code == 0, result.output
+
+
 def test_status_of_unknown_study(tmp_path):
     result = runner.invoke(app, ["status", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "no study" in result.output
