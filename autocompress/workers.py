@@ -3,6 +3,7 @@ each pinned to its own device (and its share of the CPU cores)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,14 +50,16 @@ def stop_workers(procs: list[subprocess.Popen], *, wait: bool) -> list[str]:
     errors = []
     for p in procs:
         if not wait and p.poll() is None:
-            p.terminate()
+            # Ctrl-C, not SIGTERM: the worker marks its running trial interrupted, so a resumed
+            # search need not wait out the heartbeat grace period for it
+            p.send_signal(signal.SIGINT)
         try:
             p.wait(timeout=None if wait else 30)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
         err = _read_log(p)
-        if p.returncode not in (0, None, -15) and err.strip():
+        if p.returncode not in (0, None, -15, -2, 130) and err.strip():
             errors.append(err.strip().splitlines()[-1])
     return errors
 

@@ -76,3 +76,19 @@ def test_a_worker_that_writes_much_to_stderr_does_not_block(tmp_path, monkeypatc
             p.kill()
         raise AssertionError("a worker blocked on a full stderr pipe")
     assert stop_workers(procs, wait=True) == ["boom", "boom"]
+
+
+def test_stopped_workers_get_ctrl_c_and_can_record_their_trial(tmp_path):
+    import time
+
+    marker = tmp_path / "interrupted"
+    code = ("import sys, time\n"
+            f"open({str(tmp_path / 'up')!r}, 'w').close()\n"
+            "try:\n    time.sleep(60)\n"
+            f"except KeyboardInterrupt:\n    open({str(marker)!r}, 'w').close()\n    sys.exit(130)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    while not (tmp_path / "up").exists():
+        time.sleep(0.05)
+    assert stop_workers([proc], wait=False) == []
+    assert marker.exists()
