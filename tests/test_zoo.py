@@ -98,6 +98,18 @@ def test_imagefolder_split_and_presplit(tmp_path):
     assert len(bundle.train) + len(bundle.val) + len(bundle.test) == 20
 
 
+def test_imagefolder_without_images_is_a_config_error(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="s.yaml: data.imagefolder: Found no valid file for the classes cat"):
+        build_data(DataSpec(imagefolder={"root": str(tmp_path / "imgs")}), seed=0, source="s.yaml")
+    (tmp_path / "imgs" / "cat").rmdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "imgs" / "loose.png")
+    with pytest.raises(ConfigError, match="data.imagefolder: Couldn't find any class folder"):
+        build_data(DataSpec(imagefolder={"root": str(tmp_path / "imgs")}), seed=0, source="s.yaml")
+
+
 def test_user_factories_for_data_and_model(tmp_path, monkeypatch):
     (tmp_path / "userpkg.py").write_text(
         "import torch\n"

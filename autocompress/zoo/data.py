@@ -214,5 +214,5 @@ def build_data(spec: Any, *, seed: int, source: str | None = None) -> DataBundle
         return from_factory(spec.factory, spec.kwargs, base_dir)
     except ConfigError:
         raise
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OSError) as exc:  # OSError: torchvision's "no class folder", unreadable files
         raise ConfigError(source, f"data.{kind}", str(exc)) from None
