@@ -46,7 +46,8 @@ app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help
                   pretty_exceptions_enable=False,
                   help="Search compression policies (pruning, quantization, distillation) with Optuna.")
 console = Console(stderr=True)
-out_console = Console()
+# Piped or captured output has no terminal width; rich would wrap tables at 80 columns.
+out_console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _setup_logging(verbose: int) -> None:
@@ -228,6 +229,9 @@ def _print_summary(study, name: str) -> None:
     for c, h in zip(cols, heads):
         table.add_column(h, justify="left" if c == "policy" else "right", overflow="fold")
     rows = list(front.trials)
+    if not rows and front.baseline is None:
+        out_console.print(f"{name}: no complete trial yet", highlight=False)
+        return
     if front.baseline is not None and front.baseline not in rows:
         rows.insert(0, front.baseline)
     for t in rows:

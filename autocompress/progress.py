@@ -1,5 +1,5 @@
-"""The live progress bar of a search: trials done / budget, elapsed, ETA, front size, best
-accuracy and latency so far."""
+"""The live progress bar of a search: trials done / budget, elapsed, ETA, front size, and the
+best value of each objective on the front so far."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ class SearchProgress:
         self.done0 = budget_used(run.study)
         self.reported = {t.number for t in run.study.get_trials(deepcopy=False)
                          if t.state in (TrialState.FAIL, TrialState.PRUNED)}
-        self.task = self.progress.add_task("trials", total=budget, completed=self.done0,
+        # a budget already met (re-running a finished study) shows as done, not as 8/6
+        total = max(budget, self.done0) if budget is not None else None
+        self.task = self.progress.add_task("trials", total=total, completed=self.done0,
                                            info=self._info(run.study))
 
     def __enter__(self) -> "SearchProgress":
@@ -35,15 +37,16 @@ class SearchProgress:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    def _info(self, study: optuna.Study) -> str:
+    @staticmethod
+    def _info(study: optuna.Study) -> str:
         front = pareto_front(study)
-        accs = [t.user_attrs.get("metrics", {}).get("accuracy") for t in front.trials]
-        lats = [t.user_attrs.get("metrics", {}).get("latency_ms") for t in front.trials]
-        accs = [a for a in accs if a is not None]
-        lats = [v for v in lats if v is not None]
-        best = f" best acc {max(accs):.4f}" if accs else ""
-        fast = f" best latency {min(lats):.3f} ms" if lats else ""
-        return f"front {len(front.trials)}{best}{fast}"
+        parts = [f"front {len(front.trials)}"]
+        searched = [t for t in front.trials if not t.user_attrs.get("baseline")]
+        for i, (name, direction) in enumerate(zip(front.metric_names, front.directions)):
+            if searched:
+                values = [t.values[i] for t in searched]
+                parts.append(f"best {name} {max(values) if direction == 'maximize' else min(values):.4g}")
+        return " | ".join(parts)
 
     def on_trial_end(self, study: optuna.Study, trial: FrozenTrial | None = None) -> None:
         """Optuna callback (or a poll, when workers run in other processes): new failures

@@ -228,3 +228,17 @@ def test_optuna_dashboard_opens_our_study(write_study, tmp_path):
     studies = json.loads(body)["study_summaries"]
     assert [s["study_name"] for s in studies] == ["tiny"]
     assert studies[0]["directions"] == ["maximize", "minimize"]
+
+
+def test_status_of_a_study_without_trials_says_so(tmp_path):
+    import optuna
+    import yaml
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "study.yaml").write_text(yaml.safe_dump({"name": "empty"}))
+    optuna.create_study(study_name="empty", storage=f"sqlite:///{run_dir / 'study.db'}",
+                        directions=["maximize", "minimize"])
+    result = runner.invoke(app, ["status", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "empty: no complete trial yet" in result.output and "Pareto front" not in result.output

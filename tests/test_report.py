@@ -120,3 +120,15 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert "plot-container" in front_div and "main-svg" in front_div       # the front plot was drawn
     assert page.dom.count('class="plot-container plotly"') == 5
     assert EVIL not in page.dom and "<img src=x" not in page.dom
+
+
+def test_progress_shows_the_best_of_each_objective_on_the_front():
+    from autocompress.progress import SearchProgress
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_metric_names(["accuracy", "size_mb"])
+    for acc, size in ((0.90, 0.5), (0.95, 0.8), (0.80, 0.9)):
+        study.add_trial(optuna.trial.create_trial(values=[acc, size]))
+    info = SearchProgress._info(study)
+    assert info == "front 2 | best accuracy 0.95 | best size_mb 0.5"
+    assert "latency" not in info
