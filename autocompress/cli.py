@@ -160,10 +160,29 @@ def worker(
     _setup_logging(verbose)
     from autocompress.study import optimize, prepare, spec_from_storage
 
+    import os
+
+    from autocompress.budget import budget_used
+    from autocompress.utils import redact_url
+
     spec = spec_from_storage(study, storage)
     run = prepare(spec, out=out, storage=storage, log=_say if verbose else (lambda m: None), create=False,
                   device=device, threads=threads, worker_index=worker_index)
-    optimize(run, n_trials=trials, timeout=_duration(timeout, "--timeout"))
+    _say(f"worker {worker_index} (pid {os.getpid()}, training on {run.ctx.device}) joined study '{spec.name}' "
+         f"in {redact_url(storage)}")
+    mine: list[int] = []
+
+    def one_line(study, trial) -> None:  # noqa: ANN001 (an Optuna callback)
+        mine.append(trial.number)
+        reason = (trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prescreened")
+                  or trial.user_attrs.get("stopped_early"))
+        values = ", ".join(f"{m} {v:.4g}" for m, v in zip(spec.metric_names, trial.values or []))
+        _say(f"trial {trial.number} {trial.state.name.lower()}: {values or reason or ''}")
+
+    optimize(run, n_trials=trials, timeout=_duration(timeout, "--timeout"), on_trial_end=one_line)
+    budget = trials or spec.budget.trials
+    _say(f"worker {worker_index} ran {len(mine)} trial(s); the study has {budget_used(run.study)}"
+         + (f" of {budget}" if budget else ""))
 
 
 @app.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -79,6 +80,10 @@ def test_a_worker_joins_from_the_storage_alone(write_study, tmp_path, postgres_u
                            env={"AUTOCOMPRESS_STORAGE": postgres_url})
     assert result.exit_code == 0, result.output
     _check_exact(optuna.load_study(study_name="joined", storage=postgres_url), 3)
+    # it says where it is, one line per trial it ran, and what it did; never the password
+    assert "joined study 'joined'" in result.output and PG_PASSWORD not in result.output
+    assert len(re.findall(r"^trial \d+ complete: accuracy ", result.output, flags=re.M)) == 2
+    assert "ran 2 trial(s); the study has 3 of 3" in result.output
 
 
 def test_status_finds_a_study_searched_with_storage(write_study, tmp_path, postgres_url):
