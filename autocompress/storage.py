@@ -7,14 +7,13 @@ opens it). Any SQLAlchemy URL (e.g. ``postgresql://user@host/db``) is accepted i
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from urllib.parse import quote
 
 import optuna
 
 from autocompress.errors import AutocompressError, ConfigError
-from autocompress.utils import redact_url
+from autocompress.utils import optuna_experimental, redact_url
 
 STUDY_FILE = "study.yaml"          # the resolved study spec, written when the study is created
 DB_FILE = "study.db"
@@ -42,13 +41,13 @@ def open_storage(url: str, *, heartbeat: bool = True, heartbeat_s: int = HEARTBE
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    kwargs = {}
-    if heartbeat:
-        kwargs = {"heartbeat_interval": heartbeat_s, "grace_period": grace_s,
-                  "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with optuna_experimental():
+            kwargs = {}
+            if heartbeat:
+                kwargs = {"heartbeat_interval": heartbeat_s, "grace_period": grace_s,
+                          "heartbeat_stale_trial_callback":
+                              optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)}
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as exc:
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__

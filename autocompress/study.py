@@ -29,7 +29,7 @@ from autocompress.errors import AutocompressError, ConfigError, TrialFailed
 from autocompress.space import SearchSpace
 from autocompress.storage import STORAGE_FILE, STUDY_FILE, check_url, default_run_dir, default_storage_url, open_storage
 from autocompress.trial import Stopped, TargetSettings, TrialContext, TrialResult, run_trial, structure_key
-from autocompress.utils import atomic_write_text, error_line, redact_url, resolve_device, seed_everything
+from autocompress.utils import atomic_write_text, error_line, optuna_experimental, redact_url, resolve_device, seed_everything
 from autocompress.zoo import build_data, build_model
 
 log = logging.getLogger("autocompress")
@@ -40,45 +40,32 @@ ATTR_METRICS = "metrics"
 
 
 # -- sampler and constraints ---------------------------------------------------------------
-def constraints_func(spec: StudySpec) -> Callable[[FrozenTrial], list[float]] | None:
-    if not spec.constraints:
-        return None
-
-    def func(trial: FrozenTrial) -> list[float]:
-        metrics = trial.user_attrs.get(ATTR_METRICS, {})
-        # A metric not measured yet (pre-screened before training) cannot be judged: 0 = not violated.
-        return [c.violation(metrics[c.metric]) if c.metric in metrics else 0.0 for c in spec.constraints]
-
-    return func
+def constraint_values(spec: StudySpec, metrics: dict[str, float]) -> dict[str, float]:
+    """The trial's constraint values as Optuna reads them (``Trial.set_constraint``; > 0 is a
+    violation). Keys are the constraints' positions, as in studies that stored them as a list.
+    A metric not measured yet (pre-screened before training) cannot be judged: 0."""
+    return {str(i): c.violation(metrics[c.metric]) if c.metric in metrics else 0.0
+            for i, c in enumerate(spec.constraints)}
 
 
-class _ConstrainedRandomSampler(optuna.samplers.RandomSampler):
-    """Random search that still records constraint values, so fronts and plots know feasibility."""
-
-    def __init__(self, seed: int, constraints: Callable | None) -> None:
-        super().__init__(seed=seed)
-        self._constraints = constraints
-
-    def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001
-        if self._constraints is not None:
-            from optuna.samplers._base import _process_constraints_after_trial
-
-            _process_constraints_after_trial(self._constraints, study, trial, state)
-        super().after_trial(study, trial, state, values)
+def _set_constraints(trial: optuna.Trial, spec: StudySpec, metrics: dict[str, float]) -> None:
+    for key, value in constraint_values(spec, metrics).items():
+        trial.set_constraint(key, value)
 
 
 def make_sampler(spec: StudySpec, *, worker_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """Every sampler reads the constraint values each trial sets (``_set_constraints``)."""
     seed = spec.seed + worker_offset
-    cons = constraints_func(spec)
     if spec.sampler == "nsga2":
         pop = max(4, min(20, (spec.budget.trials or 40) // 4))
-        return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed, constraints_func=cons)
+        return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed)
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=cons, multivariate=True, group=True,
-                                          n_startup_trials=min(10, max(3, (spec.budget.trials or 30) // 3)))
+        with optuna_experimental():  # group=True
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                              n_startup_trials=min(10, max(3, (spec.budget.trials or 30) // 3)))
     if spec.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed, constraints_func=cons)
-    return _ConstrainedRandomSampler(seed, cons)
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -137,7 +124,8 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
         study = optuna.create_study(study_name=spec.name, storage=rdb, directions=spec.directions,
                                     sampler=make_sampler(spec, worker_offset=worker_index),
                                     load_if_exists=True)
-        study.set_metric_names(spec.metric_names)
+        with optuna_experimental():
+            study.set_metric_names(spec.metric_names)
     except BaseException:
         if fresh_dir:
             _remove_fresh(run_dir, kept)
@@ -280,8 +268,7 @@ def _add_baseline_trial(study: optuna.Study, spec: StudySpec, metrics: dict[str,
         values=[metrics[m] for m in spec.metric_names],
         user_attrs={ATTR_BASELINE: True, ATTR_METRICS: metrics, ATTR_POLICY: Policy().to_dict(),
                     "policy_summary": "baseline (no compression)"},
-        system_attrs={"constraints": tuple(c.violation(metrics[c.metric]) for c in spec.constraints)}
-        if spec.constraints else None,
+        constraints=constraint_values(spec, metrics) or None,
     ))
 
 
@@ -311,6 +298,7 @@ def make_objective(run: StudyRun) -> Callable[[optuna.Trial], list[float]]:
             trial.set_user_attr("history", exc.history)
             trial.set_user_attr("epochs_run", len(exc.history))
             trial.set_user_attr("prescreened" if exc.stage == "prescreen" else "stopped_early", exc.reason)
+            _set_constraints(trial, spec, exc.metrics)  # the sampler learns from a broken constraint
             raise optuna.TrialPruned(exc.reason) from None
         except TrialFailed as exc:
             trial.set_user_attr(ATTR_REASON, exc.reason)
@@ -328,6 +316,7 @@ def make_objective(run: StudyRun) -> Callable[[optuna.Trial], list[float]]:
         finally:
             trial.set_user_attr("wall_s", round(time.time() - started, 3))
         _record(trial, result)
+        _set_constraints(trial, spec, result.metrics)
         _save_model(run, trial, result)
         for cb in run.trial_callbacks:
             cb(trial, result)

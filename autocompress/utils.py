@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
 import re
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -77,3 +79,14 @@ def device_of(model: torch.nn.Module) -> torch.device:
     """Where ``model``'s parameters are (the CPU for a model without parameters)."""
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def optuna_experimental() -> Iterator[None]:
+    """Use Optuna features it marks experimental (heartbeat retries, metric names, grouped
+    TPE) without a warning per call: they are chosen on purpose."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield

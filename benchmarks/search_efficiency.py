@@ -42,8 +42,7 @@ def hypervolume(study: optuna.Study, upto: int, baseline: dict) -> float:
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("baseline") or t.state.name != "COMPLETE" or t.number > upto:
             continue
-        cons = t.system_attrs.get("constraints")
-        if cons and any(c > 0 for c in cons):
+        if any(c > 0 for c in t.constraints.values()):
             continue
         m = t.user_attrs["metrics"]
         pts.append([(1 - m["accuracy"]) / 0.1, m["latency_ms"] / baseline["latency_ms"],
@@ -94,7 +93,7 @@ def main() -> None:
         print(f"\n== {name}: {len(trials)} trials, {epochs} fine-tune epochs, {wall:.0f} s, {states}")
         print("   hypervolume after k trials: " + ", ".join(f"{i}: {h:.4f}" for i, h in hv))
         feasible = [t for t in trials if t.state.name == "COMPLETE"
-                    and all(c <= 0 for c in (t.system_attrs.get("constraints") or []))]
+                    and all(c <= 0 for c in t.constraints.values())]
         for metric, better in (("accuracy", max), ("latency_ms", min), ("size_mb", min)):
             if feasible:
                 t = better(feasible, key=lambda t: t.user_attrs["metrics"][metric])

@@ -41,6 +41,7 @@ def crafted_study(*, name: str = "crafted", storage: str | None = None, three: b
                        ("baseline_metrics", {**BASELINE, "accuracy_drop": 0.0})):
         study.set_user_attr(key, value)
     base = {**BASELINE, "accuracy_drop": 0.0}
+    # constraints in the list format studies stored before Trial.set_constraint: still read
     study.add_trial(create_trial(values=[base[n] for n in names], system_attrs={"constraints": (-MAX_DROP,)},
                                  user_attrs={"baseline": True, "metrics": base, "policy": Policy().to_dict(),
                                              "policy_summary": "baseline (no compression)"}))

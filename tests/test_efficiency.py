@@ -135,7 +135,7 @@ def test_prescreened_trials_are_pruned_in_the_study(write_study, tmp_path):
     searched = [t for t in study.get_trials() if not t.user_attrs.get("baseline")]
     assert [t.state.name for t in searched] == ["PRUNED", "PRUNED"]
     assert all("params" in t.user_attrs["prescreened"] and t.user_attrs["epochs_run"] == 0 for t in searched)
-    assert all(t.system_attrs["constraints"][0] > 0 for t in searched)  # the sampler sees the violation
+    assert all(t.constraints["0"] > 0 for t in searched)  # the sampler sees the violation
 
 
 SPACE = {

@@ -18,8 +18,7 @@ class Front:
 
 
 def feasible(trial: FrozenTrial) -> bool:
-    cons = trial.system_attrs.get("constraints")
-    return cons is None or all(c <= 0 for c in cons)
+    return all(c <= 0 for c in trial.constraints.values())
 
 
 def _dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[float]) -> bool:

@@ -127,7 +127,7 @@ def choose(study: optuna.Study, rule: Rule) -> Choice:
         raise AutocompressError(f"study '{study.study_name}' has no complete compressed trial yet")
     ok = [t for t in done if feasible(t)]
     if not ok:
-        closest = sorted(done, key=lambda t: (sum(max(0.0, c) for c in t.system_attrs.get("constraints") or ()),
+        closest = sorted(done, key=lambda t: (sum(max(0.0, c) for c in t.constraints.values()),
                                               t.number))[:MAX_LISTED]
         constraints = ", ".join(study.user_attrs.get("constraints") or []) or "the constraints"
         raise AutocompressError(f"no complete trial meets {constraints}; closest: "
