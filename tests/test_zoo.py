@@ -197,6 +197,12 @@ def test_checkpoints_load_weights_only(tmp_path):
     torch.save({k: v + 1 for k, v in model.state_dict().items()}, good)
     loaded = build_model(ModelSpec(builtin="mlp", checkpoint=str(good)), num_classes=3, input_shape=(4,))
     assert all(torch.equal(loaded.state_dict()[k], model.state_dict()[k] + 1) for k in model.state_dict())
+    # saved from DataParallel/DDP ("module.") or a torch.compile'd model ("_orig_mod.")
+    for prefix in ("module.", "_orig_mod."):
+        wrapped = tmp_path / f"{prefix.strip('.')}.pt"
+        torch.save({prefix + k: v * 2 for k, v in model.state_dict().items()}, wrapped)
+        loaded = build_model(ModelSpec(builtin="mlp", checkpoint=str(wrapped)), num_classes=3, input_shape=(4,))
+        assert all(torch.equal(loaded.state_dict()[k], model.state_dict()[k] * 2) for k in model.state_dict())
 
     evil = tmp_path / "evil.pt"
     torch.save({"x": _Evil()}, evil)

@@ -150,6 +150,10 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"checkpoint '{path}' is not a state dict of tensors")
+    own = model.state_dict()
+    for prefix in ("module.", "_orig_mod."):  # saved from DataParallel/DDP, or from torch.compile
+        if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own):
+            state = {k[len(prefix):]: v for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
