@@ -51,6 +51,9 @@ def prepare_baseline(model: nn.Module, ctx: TrialContext, spec: Any, run_dir: Pa
         seed_everything(spec.seed)
         fine_tune(model, ctx.data.train, ctx.data.val, baseline_recipe(spec), epochs=spec.baseline.epochs,
                   device=ctx.device, seed=spec.seed)
+    elif spec.model.checkpoint is None:
+        log("warning: baseline.epochs is 0 and the model has no checkpoint: the teacher and every "
+            "trial start from random weights")
     model.to("cpu").eval()
     train_s = time.perf_counter() - start
     example = ctx.example_batch()
@@ -59,4 +62,6 @@ def prepare_baseline(model: nn.Module, ctx: TrialContext, spec: Any, run_dir: Pa
     metrics["train_s"] = round(train_s, 2)
     atomic_torch_save(model.state_dict(), ckpt)
     atomic_write_text(metrics_file, json.dumps(metrics, indent=2))
+    log(f"baseline: accuracy {metrics['accuracy']:.4f}, latency {metrics['latency_ms']:.3g} ms, "
+        f"size {metrics['size_mb']:.3g} MB")
     return metrics

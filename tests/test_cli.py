@@ -242,3 +242,12 @@ def test_status_of_a_study_without_trials_says_so(tmp_path):
     result = runner.invoke(app, ["status", str(run_dir)])
     assert result.exit_code == 0, result.output
     assert "empty: no complete trial yet" in result.output and "Pareto front" not in result.output
+
+
+def test_an_untrained_baseline_is_announced(write_study, tmp_path):
+    result = runner.invoke(app, ["search", str(write_study(baseline={"epochs": 0})), "--out", str(tmp_path / "run"),
+                                 "--trials", "1"])
+    assert result.exit_code == 0, result.output
+    assert "start from random weights" in result.output and "baseline: accuracy " in result.output
+    trained = runner.invoke(app, ["search", str(write_study("t.yaml")), "--out", str(tmp_path / "t"), "--trials", "1"])
+    assert "random weights" not in trained.output
