@@ -102,6 +102,7 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
     if url:
         check_url(url, "storage", spec.source)
     data, teacher = build_inputs(spec)
+    _check_augmentation(spec, space, data, log)
 
     fresh_dir = not (run_dir / STUDY_FILE).exists()
     url = url or default_storage_url(run_dir)
@@ -152,6 +153,24 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
     ctx.cheap_cache = load_cheap_cache(study)
     ctx.known_failures = load_known_failures(study)
     return StudyRun(spec, space, run_dir, url, study, ctx, log)
+
+
+def _check_augmentation(spec: StudySpec, space: SearchSpace, data: Any, log: Callable[[str], None]) -> None:
+    """Augmentation choices that cannot apply to this data (image ones on feature vectors,
+    color on grayscale, ...): an error when no choice fits, else one warning per misfit."""
+    from autocompress.training.augment import misfit
+
+    for knob in space.knobs:
+        section, _, name = knob.name.partition(".")
+        if section != "augmentation" or name not in ("policy", "mix"):
+            continue
+        values = list(knob.distribution.choices) if knob.distribution is not None else [knob.value]
+        bad = {v: reason for v in values if (reason := misfit(name, v, data))}
+        field = f"search_space.{knob.name}"
+        if bad and len(bad) == len(values):
+            raise ConfigError(spec.source, field, f"no choice fits the data: {next(iter(bad.values()))}")
+        for value, reason in bad.items():
+            log(f"warning: {field}: '{value}' does not fit the data ({reason}); trials that pick it will fail")
 
 
 def build_inputs(spec: StudySpec) -> tuple[Any, Any]:

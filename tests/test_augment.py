@@ -298,3 +298,22 @@ def test_rotate_scale_matches_torchvision_affine(angle, scale):
     ref = TF.affine(x, angle=angle, translate=[0, 0], scale=scale, shear=[0.0, 0.0],
                     interpolation=InterpolationMode.BILINEAR)
     assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_augmentation_that_cannot_fit_the_data_is_told_when_the_study_starts(write_study, tmp_path):
+    from typer.testing import CliRunner
+
+    from autocompress.cli import app
+
+    runner = CliRunner()
+    # digits are 1x8x8 grayscale images: 1D-signal noise and color jitter cannot apply
+    fixed = write_study("fixed.yaml", search_space={"augmentation": {"policy": "noise"}})
+    result = runner.invoke(app, ["search", str(fixed), "--out", str(tmp_path / "fixed")])
+    assert result.exit_code == 2 and "search_space.augmentation.policy: no choice fits the data" in result.output
+    assert "1D signals" in result.output and not (tmp_path / "fixed").exists()
+
+    mixed = write_study("mixed.yaml", search_space={"augmentation": {"policy": {"choices": ["none", "crop", "noise", "color"]}}})
+    result = runner.invoke(app, ["search", str(mixed), "--out", str(tmp_path / "mixed"), "--trials", "1"])
+    assert result.exit_code == 0, result.output
+    warned = [ln for ln in result.output.splitlines() if ln.startswith("warning: search_space.augmentation.policy")]
+    assert [ln.split("'")[1] for ln in warned] == ["noise", "color"]

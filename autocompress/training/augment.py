@@ -133,6 +133,16 @@ def build_batch_transform(aug: AugmentationPolicy, data: DataBundle, seed: int) 
     return BatchTransform(steps, mix=mix, seed=seed, skipped=skipped)
 
 
+def misfit(knob: str, value: str, data: DataBundle) -> str | None:
+    """Why ``augmentation.<knob>: value`` cannot apply to ``data`` (the reason a trial picking
+    it would fail with), or None when it fits. Checked once when a study starts."""
+    try:
+        build_batch_transform(AugmentationPolicy(**{knob: value}), data, seed=0)
+    except TrialFailed as exc:
+        return exc.reason
+    return None
+
+
 def _kind_phrase(data: DataBundle) -> str:
     return {"image": "an image set", "signal": "a 1D signal set", "features": "a feature-vector set"}.get(
         data.kind, f"shaped {data.input_shape}")
