@@ -103,6 +103,8 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
         check_url(url, "storage", spec.source)
     data, teacher = build_inputs(spec)
     _check_augmentation(spec, space, data, log)
+    if all(k.distribution is None for k in space.knobs):
+        log("warning: the search space fixes every knob: each trial runs the same policy (with its own seed)")
 
     fresh_dir = not (run_dir / STUDY_FILE).exists()
     url = url or default_storage_url(run_dir)

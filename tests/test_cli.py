@@ -251,3 +251,11 @@ def test_an_untrained_baseline_is_announced(write_study, tmp_path):
     assert "start from random weights" in result.output and "baseline: accuracy " in result.output
     trained = runner.invoke(app, ["search", str(write_study("t.yaml")), "--out", str(tmp_path / "t"), "--trials", "1"])
     assert "random weights" not in trained.output
+
+
+def test_a_space_without_searched_knobs_is_announced(write_study, tmp_path):
+    fixed = write_study(search_space={"pruning": {"method": "weight", "ratio": 0.5}})
+    result = runner.invoke(app, ["search", str(fixed), "--out", str(tmp_path / "run"), "--trials", "1"])
+    assert result.exit_code == 0 and "fixes every knob" in result.output, result.output
+    result = runner.invoke(app, ["search", str(write_study("s.yaml")), "--out", str(tmp_path / "s"), "--trials", "1"])
+    assert "fixes every knob" not in result.output
