@@ -331,7 +331,8 @@ def apply_cmd(
     epochs: Optional[int] = typer.Option(None, min=0, help="Fine-tuning epochs (default: the study's budget.epochs)."),
     study: Optional[Path] = typer.Option(None, "--study", help="Study file whose model, data and target to use "
                                                                "instead of the ones the policy names."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder (default: <run dir>/apply)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder (default: <run dir>/apply for an exported "
+                                                             "policy, else apply/ beside the policy file)."),
     verbose: int = VerboseOpt,
 ) -> None:
     """Re-train a policy on the whole training split and write the same bundle as export."""
