@@ -244,6 +244,11 @@ def _check_existing(storage: optuna.storages.BaseStorage, spec: StudySpec, space
         raise ConfigError(spec.source, "objectives",
                           f"study '{spec.name}' already exists with different objectives ({theirs}); "
                           "rename the study or use another --out")
+    attrs = storage.get_study_user_attrs(study_id)
+    for key, ref in (("model", spec.model.reference), ("data", spec.data.reference)):
+        if attrs.get(key) and attrs[key] != ref:
+            raise ConfigError(spec.source, key, f"study '{spec.name}' was created with {key} {attrs[key]}; its "
+                                                "baseline and trials belong to it: rename the study or use another --out")
     # Optuna refuses a knob whose choices or kind changed in an existing study, in every trial
     new, checked = space.distributions(), set()
     for t in storage.get_all_trials(study_id, deepcopy=False):

@@ -136,6 +136,11 @@ def test_existing_study_with_other_objectives_is_refused(write_study, tmp_path):
     result = runner.invoke(app, ["search", str(other), "--out", str(run_dir)])
     assert result.exit_code == 2 and "different objectives" in result.output
     assert (run_dir / "study.yaml").read_text() == before
+    # another model or data set under the same name: its trials and baseline would be mixed in
+    other = write_study("mlp.yaml", model={"builtin": "mlp"})
+    result = runner.invoke(app, ["search", str(other), "--out", str(run_dir)])
+    assert result.exit_code == 2 and "model: study 'tiny' was created with model builtin:digits_cnn" in result.output
+    assert (run_dir / "study.yaml").read_text() == before
 
 
 def test_failed_creation_in_an_existing_folder_keeps_the_users_files(write_study, tmp_path):
