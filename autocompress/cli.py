@@ -45,8 +45,8 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
 app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False,
                   help="Search compression policies (pruning, quantization, distillation) with Optuna.")
-console = Console(stderr=True)
-# Piped or captured output has no terminal width; rich would wrap tables at 80 columns.
+# Piped or captured output has no terminal width; rich would wrap lines and tables at 80 columns.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 out_console = Console(width=None if sys.stdout.isatty() else 160)
 
 
