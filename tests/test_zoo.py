@@ -146,11 +146,15 @@ def test_data_factory_with_unusable_datasets_is_a_config_error(tmp_path, monkeyp
         "    return ds, ds, ds\n"
         "def dicts():\n"
         "    ds = [{'x': a, 'y': b} for a, b in ok]\n"
+        "    return ds, ds, ds\n"
+        "def float64():\n"
+        "    ds = TensorDataset(x.double(), y)\n"
         "    return ds, ds, ds\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     for name, message in [("empty_val", "the val dataset is empty"),
                           ("float_labels", r"the label of train\[0\] must be one integer class index \(got torch.float32\)"),
-                          ("dicts", "train.0. is not an .x, y. pair .got dict")]:
+                          ("dicts", "train.0. is not an .x, y. pair .got dict"),
+                          ("float64", r"the input of train\[0\] is torch.float64; models take float32")]:
         with pytest.raises(ConfigError, match=f"s.yaml: data.factory: data factory 'baddata:{name}': {message}"):
             build_data(DataSpec(factory=f"baddata:{name}"), seed=0, source="s.yaml")
     sys.modules.pop("baddata", None)

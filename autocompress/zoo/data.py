@@ -180,6 +180,9 @@ def from_factory(path: str, kwargs: dict, base_dir: Path) -> DataBundle:
     if y.numel() != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise ValueError(f"data factory '{path}': the label of train[0] must be one integer class index "
                          f"(got {y.dtype}{'' if y.numel() == 1 else f' of shape {tuple(y.shape)}'})")
+    if x.dtype == torch.float64:
+        raise ValueError(f"data factory '{path}': the input of train[0] is {x.dtype}; models take float32 "
+                         "(return e.g. torch.as_tensor(x, dtype=torch.float32))")
     num_classes = int(meta.get("num_classes") or _infer_num_classes(train))
     return DataBundle(path.split(":")[-1], train, val, test, num_classes, tuple(x.shape),
                       flip_ok=bool(meta.get("flip_ok", x.dim() == 3)),
