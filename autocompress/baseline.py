@@ -15,7 +15,7 @@ from autocompress.errors import AutocompressError
 from autocompress.policy import Policy, TrainingPolicy
 from autocompress.training.loop import fine_tune
 from autocompress.trial import TrialContext, deployed_metrics, structure_metrics
-from autocompress.utils import atomic_torch_save, atomic_write_text, seed_everything
+from autocompress.utils import atomic_torch_save, atomic_write_text, error_line, seed_everything
 
 BASELINE_FILE = "baseline.pt"
 BASELINE_METRICS_FILE = "baseline.json"
@@ -49,8 +49,14 @@ def prepare_baseline(model: nn.Module, ctx: TrialContext, spec: Any, run_dir: Pa
     if spec.model.checkpoint is None and spec.baseline.epochs > 0:
         log(f"training the baseline for {spec.baseline.epochs} epochs (once per study)")
         seed_everything(spec.seed)
-        fine_tune(model, ctx.data.train, ctx.data.val, baseline_recipe(spec), epochs=spec.baseline.epochs,
-                  device=ctx.device, seed=spec.seed)
+        try:
+            fine_tune(model, ctx.data.train, ctx.data.val, baseline_recipe(spec), epochs=spec.baseline.epochs,
+                      device=ctx.device, seed=spec.seed)
+        except (KeyboardInterrupt, AutocompressError):
+            raise
+        except Exception as exc:  # e.g. an unreadable image deep in the data set, a NaN loss
+            raise AutocompressError(f"training the baseline failed: {getattr(exc, 'reason', None) or error_line(exc)}; "
+                                    "the study is kept, run the same command again once fixed") from None
     elif spec.model.checkpoint is None:
         log("warning: baseline.epochs is 0 and the model has no checkpoint: the teacher and every "
             "trial start from random weights")

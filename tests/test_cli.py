@@ -264,3 +264,24 @@ def test_a_space_without_searched_knobs_is_announced(write_study, tmp_path):
     assert result.exit_code == 0 and "fixes every knob" in result.output, result.output
     result = runner.invoke(app, ["search", str(write_study("s.yaml")), "--out", str(tmp_path / "s"), "--trials", "1"])
     assert "fixes every knob" not in result.output
+
+
+def test_a_baseline_that_cannot_train_is_one_line(write_study, tmp_path, monkeypatch):
+    # a data set whose 7th sample cannot be read (a corrupt file deep in an image folder)
+    (tmp_path / "flaky.py").write_text(
+        "import torch\n"
+        "class Flaky(torch.utils.data.Dataset):\n"
+        "    reads = 0\n"
+        "    def __len__(self):\n        return 40\n"
+        "    def __getitem__(self, i):\n"
+        "        self.reads += i == 7\n"
+        "        if self.reads > 1:  # readable while the data set is checked, not in training\n"
+        "            raise OSError('cannot identify image file img_7.png')\n"
+        "        return torch.randn(4), i % 2\n"
+        "def load():\n    return Flaky(), Flaky(), Flaky()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    study = write_study(data={"factory": "flaky:load"}, model={"builtin": "mlp"})
+    result = runner.invoke(app, ["search", str(study), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "training the baseline failed: OSError: cannot identify image file img_7.png" in result.output
+    assert "Traceback" not in result.output
