@@ -22,10 +22,11 @@ from optuna.trial import FrozenTrial
 from autocompress.baseline import prepare_baseline
 from autocompress.budget import (ATTR_BASELINE, ATTR_INTERRUPTED, ATTR_REASON, BudgetSpent, budget_lock,
                                  budgeted_ask, running, wait_for_running)
+from autocompress.checks import check_augmentation, check_existing, check_forward
 from autocompress.config import StudySpec, spec_to_yaml
 from autocompress.efficiency import (early_stop_func, enqueue_warm_starts, load_cheap_cache, load_known_failures,
                                      prescreen_func, remember_failure)
-from autocompress.errors import AutocompressError, ConfigError, TrialFailed
+from autocompress.errors import AutocompressError, TrialFailed
 from autocompress.space import SearchSpace
 from autocompress.storage import STORAGE_FILE, STUDY_FILE, check_url, default_run_dir, default_storage_url, open_storage
 from autocompress.trial import Stopped, TargetSettings, TrialContext, TrialResult, run_trial, structure_key
@@ -102,7 +103,7 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
     if url:
         check_url(url, "storage", spec.source)
     data, teacher = build_inputs(spec)
-    _check_augmentation(spec, space, data, log)
+    check_augmentation(spec, space, data, log)
     if all(k.distribution is None for k in space.knobs):
         log("warning: the search space fixes every knob: each trial runs the same policy (with its own seed)")
 
@@ -112,14 +113,14 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
         raise AutocompressError(f"no study under {run_dir}")
     if not url.startswith("sqlite"):
         rdb = open_storage(url, heartbeat=False)  # fail on an unreachable database before touching the disk
-        _check_existing(rdb, spec, space)
+        check_existing(rdb, spec, space)
     # What was in --out before: a failed creation removes only what it added, never a user's folder.
     kept = {child.name for child in run_dir.iterdir()} if run_dir.is_dir() else None
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         hb = spec.heartbeat
         rdb = open_storage(url, heartbeat_s=hb.interval_s, grace_s=hb.grace_s, max_retry=hb.max_retry)
-        _check_existing(rdb, spec, space)
+        check_existing(rdb, spec, space)
         if fresh_dir:
             if storage and storage != spec.storage:  # so status/report/export find it again
                 atomic_write_text(run_dir / STORAGE_FILE, redact_url(storage) + "\n")
@@ -157,24 +158,6 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
     return StudyRun(spec, space, run_dir, url, study, ctx, log)
 
 
-def _check_augmentation(spec: StudySpec, space: SearchSpace, data: Any, log: Callable[[str], None]) -> None:
-    """Augmentation choices that cannot apply to this data (image ones on feature vectors,
-    color on grayscale, ...): an error when no choice fits, else one warning per misfit."""
-    from autocompress.training.augment import misfit
-
-    for knob in space.knobs:
-        section, _, name = knob.name.partition(".")
-        if section != "augmentation" or name not in ("policy", "mix"):
-            continue
-        values = list(knob.distribution.choices) if knob.distribution is not None else [knob.value]
-        bad = {v: reason for v in values if (reason := misfit(name, v, data))}
-        field = f"search_space.{knob.name}"
-        if bad and len(bad) == len(values):
-            raise ConfigError(spec.source, field, f"no choice fits the data: {next(iter(bad.values()))}")
-        for value, reason in bad.items():
-            log(f"warning: {field}: '{value}' does not fit the data ({reason}); trials that pick it will fail")
-
-
 def build_inputs(spec: StudySpec) -> tuple[Any, Any]:
     """The study's data and its model (untrained, or loaded from the checkpoint), checked to
     fit each other. Shared by ``prepare``, export (re-running a trial) and apply."""
@@ -182,7 +165,7 @@ def build_inputs(spec: StudySpec) -> tuple[Any, Any]:
     seed_everything(spec.seed)  # the baseline's initial weights
     teacher = build_model(spec.model, num_classes=data.num_classes, input_shape=data.input_shape,
                           source=spec.source)
-    _check_forward(teacher, data, spec)
+    check_forward(teacher, data, spec)
     return data, teacher
 
 
@@ -230,59 +213,6 @@ def _remove_fresh(run_dir: Path, kept: set[str] | None) -> None:
             shutil.rmtree(child, ignore_errors=True)
         else:
             child.unlink(missing_ok=True)
-
-
-def _check_existing(storage: optuna.storages.BaseStorage, spec: StudySpec, space: SearchSpace) -> None:
-    try:
-        study_id = storage.get_study_id_from_name(spec.name)
-    except KeyError:
-        return
-    existing = [d.name.lower() for d in storage.get_study_directions(study_id)]
-    names = storage.get_study_system_attrs(study_id).get("study:metric_names")
-    if existing != spec.directions or (names and list(names) != spec.metric_names):
-        theirs = ", ".join(f"{d} {n}" for d, n in zip(existing, names or ["?"] * len(existing)))
-        raise ConfigError(spec.source, "objectives",
-                          f"study '{spec.name}' already exists with different objectives ({theirs}); "
-                          "rename the study or use another --out")
-    attrs = storage.get_study_user_attrs(study_id)
-    for key, ref in (("model", spec.model.reference), ("data", spec.data.reference)):
-        if attrs.get(key) and attrs[key] != ref:
-            raise ConfigError(spec.source, key, f"study '{spec.name}' was created with {key} {attrs[key]}; its "
-                                                "baseline and trials belong to it: rename the study or use another --out")
-    # Optuna refuses a knob whose choices or kind changed in an existing study, in every trial
-    new, checked = space.distributions(), set()
-    for t in storage.get_all_trials(study_id, deepcopy=False):
-        for name in set(t.distributions) & set(new) - checked:
-            checked.add(name)
-            old = t.distributions[name]
-            try:
-                optuna.distributions.check_distribution_compatibility(old, new[name])
-            except ValueError:
-                was = (f"choices {list(old.choices)}" if hasattr(old, "choices")
-                       else f"{type(old).__name__} {old.low}..{old.high}")
-                raise ConfigError(spec.source, f"search_space.{name}",
-                                  f"study '{spec.name}' already searched it with {was}; Optuna cannot change "
-                                  "a knob's choices or type in an existing study: rename the study or use "
-                                  "another --out") from None
-
-
-def _check_forward(model, data, spec: StudySpec) -> None:
-    import torch
-
-    x, _ = data.train[0]
-    try:
-        with torch.inference_mode():
-            out = model.eval()(torch.as_tensor(x).unsqueeze(0).repeat(2, *([1] * torch.as_tensor(x).dim())))
-    except Exception as exc:
-        raise ConfigError(spec.source, "model", f"the model does not run on the data's inputs of shape "
-                                                f"{tuple(data.input_shape)}: {type(exc).__name__}: "
-                                                f"{str(exc).splitlines()[0][:200]}") from None
-    if not isinstance(out, torch.Tensor):
-        raise ConfigError(spec.source, "model", f"the model returns a {type(out).__name__}; expected one "
-                                                f"tensor of (batch, {data.num_classes}) logits")
-    if out.dim() != 2 or out.shape[1] != data.num_classes:
-        raise ConfigError(spec.source, "model", f"the model outputs shape {tuple(out.shape)}; expected "
-                                                f"(batch, {data.num_classes}) logits")
 
 
 def _add_baseline_trial(study: optuna.Study, spec: StudySpec, metrics: dict[str, float]) -> None:

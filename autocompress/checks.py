@@ -1,0 +1,87 @@
+"""What ``study.prepare`` checks before it writes anything: the model runs on the data, the
+augmentation choices fit the data, and an existing study under the same name is one this
+study file can resume (same objectives, model and data kind; knobs Optuna can still take).
+Each problem is a ``ConfigError`` naming the study file and field."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import optuna
+
+from autocompress.config import StudySpec
+from autocompress.errors import ConfigError
+from autocompress.space import SearchSpace
+
+
+def check_forward(model: Any, data: Any, spec: StudySpec) -> None:
+    """One forward pass of two training inputs: it runs and gives (batch, classes) logits."""
+    import torch
+
+    x, _ = data.train[0]
+    try:
+        with torch.inference_mode():
+            out = model.eval()(torch.as_tensor(x).unsqueeze(0).repeat(2, *([1] * torch.as_tensor(x).dim())))
+    except Exception as exc:
+        raise ConfigError(spec.source, "model", f"the model does not run on the data's inputs of shape "
+                                                f"{tuple(data.input_shape)}: {type(exc).__name__}: "
+                                                f"{str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(spec.source, "model", f"the model returns a {type(out).__name__}; expected one "
+                                                f"tensor of (batch, {data.num_classes}) logits")
+    if out.dim() != 2 or out.shape[1] != data.num_classes:
+        raise ConfigError(spec.source, "model", f"the model outputs shape {tuple(out.shape)}; expected "
+                                                f"(batch, {data.num_classes}) logits")
+
+
+def check_augmentation(spec: StudySpec, space: SearchSpace, data: Any, log: Callable[[str], None]) -> None:
+    """Augmentation choices that cannot apply to this data (image ones on feature vectors,
+    color on grayscale, ...): an error when no choice fits, else one warning per misfit."""
+    from autocompress.training.augment import misfit
+
+    for knob in space.knobs:
+        section, _, name = knob.name.partition(".")
+        if section != "augmentation" or name not in ("policy", "mix"):
+            continue
+        values = list(knob.distribution.choices) if knob.distribution is not None else [knob.value]
+        bad = {v: reason for v in values if (reason := misfit(name, v, data))}
+        field = f"search_space.{knob.name}"
+        if bad and len(bad) == len(values):
+            raise ConfigError(spec.source, field, f"no choice fits the data: {next(iter(bad.values()))}")
+        for value, reason in bad.items():
+            log(f"warning: {field}: '{value}' does not fit the data ({reason}); trials that pick it will fail")
+
+
+def check_existing(storage: optuna.storages.BaseStorage, spec: StudySpec, space: SearchSpace) -> None:
+    """An existing study named ``spec.name`` in ``storage`` must be resumable by ``spec``."""
+    try:
+        study_id = storage.get_study_id_from_name(spec.name)
+    except KeyError:
+        return
+    existing = [d.name.lower() for d in storage.get_study_directions(study_id)]
+    names = storage.get_study_system_attrs(study_id).get("study:metric_names")
+    if existing != spec.directions or (names and list(names) != spec.metric_names):
+        theirs = ", ".join(f"{d} {n}" for d, n in zip(existing, names or ["?"] * len(existing)))
+        raise ConfigError(spec.source, "objectives",
+                          f"study '{spec.name}' already exists with different objectives ({theirs}); "
+                          "rename the study or use another --out")
+    attrs = storage.get_study_user_attrs(study_id)
+    for key, ref in (("model", spec.model.reference), ("data", spec.data.reference)):
+        if attrs.get(key) and attrs[key] != ref:
+            raise ConfigError(spec.source, key, f"study '{spec.name}' was created with {key} {attrs[key]}; its "
+                                                "baseline and trials belong to it: rename the study or use another --out")
+    # Optuna refuses a knob whose choices or kind changed in an existing study, in every trial
+    new, checked = space.distributions(), set()
+    for t in storage.get_all_trials(study_id, deepcopy=False):
+        for name in set(t.distributions) & set(new) - checked:
+            checked.add(name)
+            old = t.distributions[name]
+            try:
+                optuna.distributions.check_distribution_compatibility(old, new[name])
+            except ValueError:
+                was = (f"choices {list(old.choices)}" if hasattr(old, "choices")
+                       else f"{type(old).__name__} {old.low}..{old.high}")
+                raise ConfigError(spec.source, f"search_space.{name}",
+                                  f"study '{spec.name}' already searched it with {was}; Optuna cannot change "
+                                  "a knob's choices or type in an existing study: rename the study or use "
+                                  "another --out") from None
