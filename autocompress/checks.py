@@ -12,6 +12,7 @@ import optuna
 from autocompress.config import StudySpec
 from autocompress.errors import ConfigError
 from autocompress.space import SearchSpace
+from autocompress.utils import error_line
 
 
 def check_forward(model: Any, data: Any, spec: StudySpec) -> None:
@@ -24,8 +25,7 @@ def check_forward(model: Any, data: Any, spec: StudySpec) -> None:
             out = model.eval()(torch.as_tensor(x).unsqueeze(0).repeat(2, *([1] * torch.as_tensor(x).dim())))
     except Exception as exc:
         raise ConfigError(spec.source, "model", f"the model does not run on the data's inputs of shape "
-                                                f"{tuple(data.input_shape)}: {type(exc).__name__}: "
-                                                f"{str(exc).splitlines()[0][:200]}") from None
+                                                f"{tuple(data.input_shape)}: {error_line(exc, 200)}") from None
     if not isinstance(out, torch.Tensor):
         raise ConfigError(spec.source, "model", f"the model returns a {type(out).__name__}; expected one "
                                                 f"tensor of (batch, {data.num_classes}) logits")
