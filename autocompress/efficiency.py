@@ -1,13 +1,14 @@
 """Spending fine-tune compute where the front can still improve.
 
 - **Pre-screening**: a hard constraint on a metric that no later stage can change for this
-  policy (FLOPs and params after a one-shot prune; float latency and size when nothing
-  quantizes or converts the model later) is checked on the compressed, untrained model; a
-  trial that already breaks it ends before any training. Cheap metrics are cached by the
-  policy's structural part (``trial.structure_key``).
+  policy (FLOPs and params after a one-shot prune; latency and size measured on the deployed
+  form, ``trial.cost_metrics``) is checked on the compressed, untrained model; a trial that
+  already breaks it ends before any training. Cheap metrics are cached by the
+  policy's structural part, number format and runtime (``trial.cost_key``).
 - **Multi-objective early stopping** (rule ``dominated``): after epoch ``e`` (from
   ``grace_epochs`` on), a trial stops when at least ``min_dominators`` earlier trials with the
-  same number format (and the same runtime when latency or size is an objective), whose cost
+  same number format (and the same runtime when latency or size is an objective and the costs
+  are not both deployed-form previews), whose cost
   objectives (measured on their compressed, untrained structure, which fine-tuning does not
   change) are as good or better, had a validation
   accuracy at least ``margin`` higher at the same epoch. It is the promotion test of
@@ -27,7 +28,7 @@ from optuna.trial import TrialState
 from autocompress.config import StudySpec
 from autocompress.policy import Policy
 from autocompress.space import SearchSpace
-from autocompress.trial import structure_key
+from autocompress.trial import previews_deployment, structure_key
 
 log = logging.getLogger("autocompress")
 
@@ -59,12 +60,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 # -- pre-screening ---------------------------------------------------------------------------
 def final_after_compress(policy: Policy) -> set[str]:
     """Metrics whose value the compressed, untrained model already has for this policy."""
-    final = set()
-    gradual = policy.pruning.method == "gradual"
-    if not gradual:
-        final |= {"flops", "params"}
-    runtime = getattr(getattr(policy, "runtime", None), "backend", "eager")
-    if not gradual and policy.quantization.mode == "none" and runtime == "eager":
+    if policy.pruning.method == "gradual":
+        return set()  # the structure changes during fine-tuning
+    final = {"flops", "params"}
+    if previews_deployment(policy):  # latency and size were measured on the deployed form
         final |= {"latency_ms", "size_mb"}
     return final
 
@@ -111,12 +110,14 @@ def early_stop_func(spec: StudySpec, study: optuna.Study, policy: Policy, *, epo
         other_policy = t.user_attrs.get("policy", {})
         if other_policy.get("quantization", {}).get("mode", "none") != mode:
             return False
-        if same_runtime and other_policy.get("runtime", {}).get("backend", "eager") != backend:
-            return False
-        if same_structure is not None and t.user_attrs.get("structure_key") != same_structure:
-            return False
         other = t.user_attrs.get("cheap_metrics")
         if not other:
+            return False
+        # two deployed-form previews are final costs, comparable across runtimes
+        previewed = bool(other.get("deployed")) and bool(cheap.get("deployed"))
+        if same_runtime and not previewed and other_policy.get("runtime", {}).get("backend", "eager") != backend:
+            return False
+        if same_structure is not None and t.user_attrs.get("structure_key") != same_structure:
             return False
         return all(m in other and m in cheap and other[m] <= cheap[m] * (1 + _NOISY.get(m, 1e-9))
                    for m in costs)
@@ -201,7 +202,7 @@ def enqueue_warm_starts(study: optuna.Study, spec: StudySpec, space: SearchSpace
 def load_cheap_cache(study: optuna.Study) -> dict[str, dict[str, float]]:
     cache: dict[str, dict[str, float]] = {}
     for t in study.get_trials(deepcopy=False):
-        key, cheap = t.user_attrs.get("structure_key"), t.user_attrs.get("cheap_metrics")
+        key, cheap = t.user_attrs.get("cost_key"), t.user_attrs.get("cheap_metrics")
         if key and cheap:
             cache.setdefault(key, cheap)
     return cache

@@ -29,7 +29,7 @@ from autocompress.efficiency import (early_stop_func, enqueue_warm_starts, load_
 from autocompress.errors import AutocompressError, TrialFailed
 from autocompress.space import SearchSpace
 from autocompress.storage import STORAGE_FILE, STUDY_FILE, check_url, default_run_dir, default_storage_url, open_storage
-from autocompress.trial import Stopped, TargetSettings, TrialContext, TrialResult, run_trial, structure_key
+from autocompress.trial import Stopped, TargetSettings, TrialContext, TrialResult, cost_key, run_trial, structure_key
 from autocompress.utils import atomic_write_text, error_line, optuna_experimental, redact_url, resolve_device, seed_everything
 from autocompress.zoo import build_data, build_model
 
@@ -245,6 +245,7 @@ def make_objective(run: StudyRun) -> Callable[[optuna.Trial], list[float]]:
                             prescreen=prescreen_func(spec, policy),
                             on_epoch=early_stop_func(spec, run.study, policy, epochs=ctx.epochs))
         trial.set_user_attr("structure_key", structure_key(policy))
+        trial.set_user_attr("cost_key", cost_key(policy))
         result: TrialResult | None = None
         try:
             result = run_trial(policy, trial_ctx, keep_model=True)

@@ -55,7 +55,7 @@ class TrialContext:
     # Called after each epoch with (epoch, history row, cheap metrics); returns a reason to
     # stop early (multi-objective early stopping), or None.
     on_epoch: Callable[[int, dict[str, float], dict[str, float]], str | None] | None = None
-    # Cheap metrics already measured, by structure key (see ``structure_key``).
+    # Cheap metrics already measured, by ``cost_key``.
     cheap_cache: dict[str, dict[str, float]] = field(default_factory=dict)
     # Failures that every policy with the same ``runtime_key`` meets on this model, with the
     # reason (a runtime that cannot run a number format): such a trial ends before training.
@@ -105,6 +105,52 @@ def runtime_key(policy: Policy) -> str:
     q = policy.quantization
     fmt = f"{q.mode}/{'per-channel' if q.per_channel else 'per-tensor'}" if q.mode.endswith("int8") else q.mode
     return f"{policy.runtime.backend}:{fmt}"
+
+
+def cost_key(policy: Policy) -> str:
+    """What decides the cheap metrics (``cost_metrics``): the structure, and for a policy whose
+    deployed form is previewed, its number format and runtime."""
+    return f"{structure_key(policy)} {runtime_key(policy)}" if previews_deployment(policy) else structure_key(policy)
+
+
+def previews_deployment(policy: Policy) -> bool:
+    """Whether the cheap metrics time and size the deployed form (number format + runtime)
+    of the compressed, untrained model, which is then the trial's final latency and size:
+    not for gradual pruning (the structure changes during fine-tuning) nor torch.compile
+    (compiling costs tens of seconds per model)."""
+    return policy.pruning.method != "gradual" and policy.runtime.backend != "compile"
+
+
+def cost_metrics(model: nn.Module, policy: Policy, ctx: TrialContext, example: torch.Tensor) -> dict[str, float]:
+    """FLOPs and params of the compressed, untrained model, and its latency and size: in its
+    deployed form when ``previews_deployment`` (a fresh quantization technique's
+    ``post_training`` on a copy, then the runtime; neither latency nor size depends on the
+    weights' values), else as the float model run eagerly. ``deployed`` is 1.0 for a preview.
+    A runtime that cannot convert the deployed form fails the trial here, before training."""
+    from autocompress.techniques import quantization
+
+    model.eval()
+    cheap = structure_metrics(model, example)
+    deployed, runtime, preview = model, None, previews_deployment(policy)
+    if preview:
+        deployed = copy.deepcopy(model)
+        if (q := quantization.build(policy, ctx)) is not None:
+            deployed = q.post_training(q.after_finetune(q.before_finetune(deployed)))
+        dev = ctx.target.device
+        try:
+            runtime = build_runtime(deployed.to(dev).eval(), policy.runtime.backend, example.to(dev), device=dev,
+                                    threads=ctx.target.threads)
+        except TrialFailed as exc:
+            raise TrialFailed(exc.reason, known_as=runtime_key(policy)) from None
+    deployed.to(ctx.target.device)  # timed where it will run (the inputs go there too)
+    lat = measure_latency(runtime.module if runtime else deployed, example, device=ctx.target.device,
+                          batch_size=ctx.target.batch_size, threads=ctx.target.threads,
+                          max_time_s=min(0.3, ctx.target.max_time_s))
+    model.to("cpu")
+    artifact = runtime is not None and runtime.artifact is not None
+    cheap.update({"latency_ms": lat.median_ms, "size_mb": runtime.size_mb if artifact else size_mb(deployed),
+                  "deployed": float(preview)})
+    return cheap
 
 
 def structure_metrics(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
@@ -199,7 +245,7 @@ def run_trial(policy: Policy, ctx: TrialContext, *, keep_model: bool = True) -> 
     model = copy.deepcopy(ctx.teacher).to("cpu").requires_grad_(True)
     try:
         techniques = build_techniques(policy, ctx)
-        key = structure_key(policy)
+        key = cost_key(policy)
         cheap = ctx.cheap_cache.get(key)
         if cheap is not None and ctx.prescreen is not None and (reason := ctx.prescreen(cheap)):
             raise Stopped(f"{reason} (cached)", cheap, stage="prescreen")
@@ -208,15 +254,7 @@ def run_trial(policy: Policy, ctx: TrialContext, *, keep_model: bool = True) -> 
         lap("compress")
 
         if cheap is None:
-            model.eval()
-            cheap = structure_metrics(model, example)
-            model.to(ctx.target.device)  # timed where it will run (the inputs go there too)
-            cheap_lat = measure_latency(model, example, device=ctx.target.device,
-                                        batch_size=ctx.target.batch_size, threads=ctx.target.threads,
-                                        max_time_s=min(0.3, ctx.target.max_time_s))
-            model.to("cpu")
-            cheap.update({"latency_ms": cheap_lat.median_ms, "size_mb": size_mb(model)})
-            ctx.cheap_cache[key] = cheap
+            cheap = ctx.cheap_cache[key] = cost_metrics(model, policy, ctx, example)
         if ctx.prescreen is not None and (reason := ctx.prescreen(cheap)):
             raise Stopped(reason, cheap, stage="prescreen")
         lap("cheap_metrics")

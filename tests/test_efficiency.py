@@ -61,6 +61,12 @@ def test_a_trial_in_another_runtime_does_not_dominate_on_latency():
     flops = _spec(early_stopping={"rule": "dominated", "margin": 0.02},
                   objectives=[{"metric": "accuracy", "direction": "maximize"}, {"metric": "flops", "direction": "minimize"}])
     assert early_stop_func(flops, study, onnx, epochs=3)(1, {"val_accuracy": 0.1}, cheap)
+    # costs measured on both deployed forms (runtime included) are final: comparable across runtimes
+    previewed = optuna.create_study(directions=spec.directions)
+    _done(previewed, [0.9, 0.95, 0.97], {"latency_ms": 0.5, "flops": 1e6, "deployed": 1.0})
+    rule = early_stop_func(spec, previewed, onnx, epochs=3)
+    assert rule(1, {"val_accuracy": 0.1}, {**cheap, "deployed": 1.0})
+    assert rule(1, {"val_accuracy": 0.1}, {**cheap, "deployed": 1.0, "latency_ms": 0.2}) is None  # faster
 
 
 def test_costs_the_structure_cannot_tell_need_the_same_structure():
@@ -91,11 +97,42 @@ def test_prescreen_only_uses_metrics_that_are_final():
     check = prescreen_func(spec, Policy())
     assert "params" in check({"params": 5000, "latency_ms": 0.05})
     assert check({"params": 500, "latency_ms": 0.05}) is None
-    # int8 will shrink latency later: only params can be judged now
-    q = prescreen_func(spec, Policy(quantization=QuantizationPolicy(mode="static_int8")))
-    assert q({"params": 500, "latency_ms": 9.0}) is None
+    # int8 through ONNX Runtime: its latency was measured on that deployed form, so it is final
+    q = prescreen_func(spec, Policy(quantization=QuantizationPolicy(mode="static_int8"),
+                                    runtime=RuntimePolicy(backend="onnxruntime")))
+    assert "latency_ms" in q({"params": 500, "latency_ms": 9.0})
+    # torch.compile is not previewed (compiling costs tens of seconds): only params can be judged
+    c = prescreen_func(spec, Policy(runtime=RuntimePolicy(backend="compile")))
+    assert c({"params": 500, "latency_ms": 9.0}) is None and "params" in c({"params": 5000, "latency_ms": 9.0})
     # gradual pruning changes the structure during training: nothing is final
     assert prescreen_func(spec, Policy(pruning=PruningPolicy(method="gradual"))) is None
+
+
+@pytest.mark.parametrize("mode, backend", [("none", "eager"), ("static_int8", "torchscript"),
+                                           ("qat_int8", "onnxruntime"), ("fp16", "eager")])
+def test_cheap_metrics_preview_the_deployed_form(digits_ctx, mode, backend):
+    """Latency and size before training are those of the deployed form (number format and
+    runtime of the untrained compressed model): the trial's final size, and its latency."""
+    policy = Policy(pruning=PruningPolicy(method="structured", ratio=0.5), quantization=QuantizationPolicy(mode=mode),
+                    runtime=RuntimePolicy(backend=backend))
+    result = run_trial(policy, digits_ctx)
+    cheap, final = result.cheap_metrics, result.metrics
+    assert cheap["deployed"] == 1.0
+    assert cheap["size_mb"] == pytest.approx(final["size_mb"], rel=0.01)      # same tensors, other values
+    assert cheap["flops"] == final["flops"] and cheap["params"] == final["params"]
+    assert cheap["latency_ms"] == pytest.approx(final["latency_ms"], rel=0.5, abs=0.05)  # measured twice, shared CPU
+    if mode != "none":   # not the float model's size (on a model this small, headers weigh much)
+        assert cheap["size_mb"] < 0.9 * structure_size(digits_ctx, policy)
+
+
+def structure_size(ctx, policy):
+    from autocompress.metrics.size import size_mb
+    from autocompress.techniques import build_techniques
+
+    model = __import__("copy").deepcopy(ctx.teacher)
+    for t in build_techniques(Policy(pruning=policy.pruning), ctx):
+        model = t.compress(model)
+    return size_mb(model)
 
 
 def test_prescreen_ends_the_trial_before_any_optimizer_step(digits_ctx, monkeypatch):
