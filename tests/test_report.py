@@ -132,3 +132,15 @@ def test_progress_shows_the_best_of_each_objective_on_the_front():
     info = SearchProgress._info(study)
     assert info == "front 2 | best accuracy 0.95 | best size_mb 0.5"
     assert "latency" not in info
+
+
+def test_stopped_early_trials_show_their_reason():
+    from optuna.trial import TrialState, create_trial
+
+    from autocompress.report.data import failures, trials_frame
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(create_trial(state=TrialState.PRUNED,
+                                 user_attrs={"stopped_early": "dominated at epoch 1: val accuracy 0.5"}))
+    assert failures(study)[0]["reason"] == "dominated at epoch 1: val accuracy 0.5"
+    assert trials_frame(study).loc[0, "reason"] == "dominated at epoch 1: val accuracy 0.5"

@@ -84,7 +84,7 @@ def trials_frame(study: optuna.Study, front: Front | None = None) -> pd.DataFram
                 row[name] = t.values[i] if t.values else None
         for key, value in sorted(t.params.items()):
             row[key] = value
-        row["reason"] = t.user_attrs.get("fail_reason") or t.user_attrs.get("prescreened") or ""
+        row["reason"] = _reason(t) or ""
         row["started"] = t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None
         row["duration_s"] = (round((t.datetime_complete - t.datetime_start).total_seconds(), 2)
                              if t.datetime_start and t.datetime_complete else None)
@@ -237,10 +237,16 @@ def front_point(t: FrozenTrial) -> dict[str, Any]:
     }
 
 
+def _reason(t: FrozenTrial) -> str | None:
+    """Why a trial failed, was pre-screened or was stopped early."""
+    a = t.user_attrs
+    return a.get("fail_reason") or a.get("prescreened") or a.get("stopped_early")
+
+
 def failures(study: optuna.Study) -> list[dict[str, Any]]:
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.PRUNED)):
-        reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("prescreened")
+        reason = _reason(t)
         if not reason:
             reason = "interrupted (re-queued)" if t.state == TrialState.FAIL else "pruned"
         out.append({"number": t.number, "state": t.state.name, "policy": t.user_attrs.get("policy_summary", ""),
