@@ -136,12 +136,7 @@ def cost_metrics(model: nn.Module, policy: Policy, ctx: TrialContext, example: t
         deployed = copy.deepcopy(model)
         if (q := quantization.build(policy, ctx)) is not None:
             deployed = q.post_training(q.after_finetune(q.before_finetune(deployed)))
-        dev = ctx.target.device
-        try:
-            runtime = build_runtime(deployed.to(dev).eval(), policy.runtime.backend, example.to(dev), device=dev,
-                                    threads=ctx.target.threads)
-        except TrialFailed as exc:
-            raise TrialFailed(exc.reason, known_as=runtime_key(policy)) from None
+        runtime = _runtime_for(deployed, policy, ctx, example)
     deployed.to(ctx.target.device)  # timed where it will run (the inputs go there too)
     lat = measure_latency(runtime.module if runtime else deployed, example, device=ctx.target.device,
                           batch_size=ctx.target.batch_size, threads=ctx.target.threads,
@@ -196,17 +191,23 @@ def deployed_metrics(model: nn.Module, ctx: TrialContext, *, runtime: Runtime | 
     }
 
 
+def _runtime_for(model: nn.Module, policy: Policy, ctx: TrialContext, example: torch.Tensor) -> Runtime:
+    """``model`` (moved to the target device) converted for the policy's runtime; a conversion
+    failure is ``known_as`` the policy's ``runtime_key`` (``TrialContext.known_failures``)."""
+    dev = ctx.target.device
+    try:
+        return build_runtime(model.to(dev).eval(), policy.runtime.backend, example.to(dev), device=dev,
+                             threads=ctx.target.threads)
+    except TrialFailed as exc:
+        raise TrialFailed(exc.reason, known_as=runtime_key(policy)) from None
+
+
 def deploy_runtime(model: nn.Module, policy: Policy, ctx: TrialContext) -> tuple[Runtime, dict[str, Any]]:
     """``model`` converted for the policy's runtime, its validation predictions re-checked
     against the eager model's (``TrialFailed`` when the conversion fails or changes them; a
     conversion failure is ``known_as`` the policy's ``runtime_key``)."""
     dev, backend = ctx.target.device, policy.runtime.backend
-    model.to(dev).eval()
-    try:
-        runtime = build_runtime(model, backend, ctx.example_batch().to(dev), device=dev,
-                                threads=ctx.target.threads)
-    except TrialFailed as exc:
-        raise TrialFailed(exc.reason, known_as=runtime_key(policy)) from None
+    runtime = _runtime_for(model, policy, ctx, ctx.example_batch())
     proof = {**runtime.proof(), "size_source": runtime.artifact_kind if runtime.artifact else "state dict"}
     if backend != "eager":
         val = make_loader(ctx.data.val, ctx.eval_batch_size, shuffle=False)
