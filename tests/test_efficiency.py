@@ -120,7 +120,8 @@ def test_cheap_metrics_preview_the_deployed_form(digits_ctx, mode, backend):
     assert cheap["deployed"] == 1.0
     assert cheap["size_mb"] == pytest.approx(final["size_mb"], rel=0.01)      # same tensors, other values
     assert cheap["flops"] == final["flops"] and cheap["params"] == final["params"]
-    assert cheap["latency_ms"] == pytest.approx(final["latency_ms"], rel=0.5, abs=0.05)  # measured twice, shared CPU
+    # measured twice on a shared CPU: same order (the float model run eagerly is 5x off for int8 + TorchScript)
+    assert final["latency_ms"] / 3 <= cheap["latency_ms"] <= 3 * final["latency_ms"]
     if mode != "none":   # not the float model's size (on a model this small, headers weigh much)
         assert cheap["size_mb"] < 0.9 * structure_size(digits_ctx, policy)
 
