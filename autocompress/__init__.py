@@ -11,13 +11,13 @@ import logging as _logging
 # torch logs a CUDA_HOME warning when a CPU-only machine imports its extension helpers.
 _logging.getLogger("torch.utils.cpp_extension").setLevel(_logging.ERROR)
 
-from autocompress.config import StudySpec, load_study_spec
+from autocompress.spec.config import StudySpec, load_study_spec
 from autocompress.errors import AutocompressError, ConfigError, TrialFailed
-from autocompress.rebuild import load_exported
-from autocompress.policy import Policy
-from autocompress.space import SearchSpace, load_space
-from autocompress.study import run_study
-from autocompress.trial import TrialContext, TrialResult, run_trial
+from autocompress.deploy.artifacts import load_exported
+from autocompress.spec.policy import Policy
+from autocompress.spec.space import SearchSpace, load_space
+from autocompress.search.study import run_study
+from autocompress.trial.run import TrialContext, TrialResult, run_trial
 
 __version__ = "0.1.0"
 

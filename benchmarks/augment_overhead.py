@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from autocompress.policy import AugmentationPolicy, Policy, TrainingPolicy
+from autocompress.spec.policy import AugmentationPolicy, Policy, TrainingPolicy
 from autocompress.training.augment import build_batch_transform
 from autocompress.training.loop import fine_tune
 from autocompress.zoo.data import digits

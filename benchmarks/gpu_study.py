@@ -30,11 +30,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from autocompress.config import spec_from_dict  # noqa: E402
+from autocompress.spec.config import spec_from_dict  # noqa: E402
 from autocompress.metrics.latency import measure_latency  # noqa: E402
 from autocompress.metrics.memory import track_peak_memory  # noqa: E402
-from autocompress.study import run_study  # noqa: E402
-from autocompress.techniques.quantization import FLOAT_DTYPES, CastInputs  # noqa: E402
+from autocompress.search.study import run_study  # noqa: E402
+from autocompress.compress.quantization import FLOAT_DTYPES, CastInputs  # noqa: E402
 from autocompress.zoo.models import create_model, torchvision_model  # noqa: E402
 
 SPACE = {

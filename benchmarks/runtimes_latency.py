@@ -28,7 +28,7 @@ from autocompress.devices import cpu_name, usable_cpus
 from autocompress.errors import TrialFailed
 from autocompress.metrics.latency import LatencyStats, measure_latency
 from autocompress.metrics.memory import track_peak_memory
-from autocompress.runtimes import BACKENDS, build_runtime, check_predictions
+from autocompress.deploy.runtimes import BACKENDS, build_runtime, check_predictions
 from autocompress.zoo.data import digits
 from autocompress.zoo.models import create_model, torchvision_model
 
@@ -47,7 +47,7 @@ def models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
 
 
 def static_int8(model: nn.Module, inputs: torch.Tensor) -> nn.Module:
-    from autocompress.techniques.quantization import convert, prepare_static
+    from autocompress.compress.quantization import convert, prepare_static
 
     prepared = prepare_static(copy.deepcopy(model), inputs[:2], per_channel=True)
     with torch.no_grad():

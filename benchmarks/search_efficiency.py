@@ -31,8 +31,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from autocompress.config import spec_from_dict  # noqa: E402
-from autocompress.study import run_study  # noqa: E402
+from autocompress.spec.config import spec_from_dict  # noqa: E402
+from autocompress.search.study import run_study  # noqa: E402
 
 
 def hypervolume(study: optuna.Study, upto: int, baseline: dict) -> float:

@@ -9,7 +9,7 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from autocompress.policy import Policy
+from autocompress.spec.policy import Policy
 
 BASELINE = {"accuracy": 0.99, "latency_ms": 12.0, "size_mb": 1.2}
 MAX_DROP = 0.10

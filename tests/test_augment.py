@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from autocompress.errors import TrialFailed
-from autocompress.policy import AugmentationPolicy, Policy, TrainingPolicy
+from autocompress.spec.policy import AugmentationPolicy, Policy, TrainingPolicy
 from autocompress.training import augment
 from autocompress.training.augment import IMAGE_POLICIES, SIGNAL_POLICIES, PerSampleV2, Random, build_batch_transform
 from autocompress.training.loop import fine_tune

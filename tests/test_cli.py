@@ -188,7 +188,7 @@ def test_status_of_unknown_study(tmp_path):
 
 
 def test_ctrl_c_stops_cleanly_and_the_study_resumes(write_study, tmp_path, monkeypatch):
-    import autocompress.study as study_mod
+    import autocompress.search.study as study_mod
 
     real = study_mod.run_trial
     calls = []

@@ -7,9 +7,9 @@ import torch
 
 from autocompress.metrics.flops import count_flops
 from autocompress.metrics.size import size_mb
-from autocompress.policy import (DistillationPolicy, Policy, PruningPolicy, QuantizationPolicy, RuntimePolicy,
+from autocompress.spec.policy import (DistillationPolicy, Policy, PruningPolicy, QuantizationPolicy, RuntimePolicy,
                                  TrainingPolicy)
-from autocompress.trial import run_trial
+from autocompress.trial.run import run_trial
 
 
 def test_full_combination_on_digits(digits_ctx):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from autocompress.config import Constraint, load_study_spec, parse_duration
+from autocompress.spec.config import Constraint, load_study_spec, parse_duration
 from autocompress.errors import ConfigError
 
 from conftest import tiny_study
@@ -109,8 +109,8 @@ def test_throughput_objective_needs_its_batch_size(write_study):
 
 
 def test_batch_1_latency_and_batch_n_throughput_are_both_measured(digits_ctx):
-    from autocompress.policy import Policy
-    from autocompress.trial import run_trial
+    from autocompress.spec.policy import Policy
+    from autocompress.trial.run import run_trial
 
     digits_ctx.target.throughput_batch_size = 32
     m = run_trial(Policy(), digits_ctx).metrics
@@ -120,8 +120,8 @@ def test_batch_1_latency_and_batch_n_throughput_are_both_measured(digits_ctx):
 
 
 def test_an_accuracy_drop_equal_to_its_bound_meets_the_constraint(digits_ctx, monkeypatch):
-    import autocompress.trial as trial
-    from autocompress.config import Constraint
+    import autocompress.trial.run as trial
+    from autocompress.spec.config import Constraint
 
     monkeypatch.setattr(trial, "evaluate", lambda *a, **k: 0.35)
     digits_ctx.baseline_metrics["accuracy"] = 0.4

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from autocompress.errors import TrialFailed
-from autocompress.policy import DistillationPolicy, Policy, QuantizationPolicy, TrainingPolicy
-from autocompress.techniques import distillation as D
-from autocompress.techniques.quantization import quantized_layers
-from autocompress.trial import run_trial
+from autocompress.spec.policy import DistillationPolicy, Policy, QuantizationPolicy, TrainingPolicy
+from autocompress.compress import distillation as D
+from autocompress.compress.quantization import quantized_layers
+from autocompress.trial.run import run_trial
 from autocompress.zoo.models import create_model, torchvision_model
 
 

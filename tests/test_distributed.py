@@ -117,7 +117,7 @@ def test_status_finds_a_study_in_another_sqlite_file(write_study, tmp_path):
 
 
 def test_default_store_lies_in_a_run_directory_with_url_characters(tmp_path):
-    from autocompress.storage import default_storage_url, open_storage
+    from autocompress.search.storage import default_storage_url, open_storage
 
     run_dir = tmp_path / "my runs" / "x#1?a%20"
     run_dir.mkdir(parents=True)

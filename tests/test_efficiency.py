@@ -6,12 +6,12 @@ import optuna
 import pytest
 import torch
 
-from autocompress.config import spec_from_dict
-from autocompress.efficiency import (RECIPES, early_stop_func, enqueue_warm_starts, prescreen_func,
+from autocompress.spec.config import spec_from_dict
+from autocompress.search.efficiency import (RECIPES, early_stop_func, enqueue_warm_starts, prescreen_func,
                                      warm_start_params)
-from autocompress.policy import Policy, PruningPolicy, QuantizationPolicy, RuntimePolicy
-from autocompress.space import load_space
-from autocompress.trial import Stopped, TargetSettings, run_trial, structure_key
+from autocompress.spec.policy import Policy, PruningPolicy, QuantizationPolicy, RuntimePolicy
+from autocompress.spec.space import load_space
+from autocompress.trial.run import Stopped, TargetSettings, run_trial, structure_key
 
 from conftest import tiny_study
 
@@ -128,7 +128,7 @@ def test_cheap_metrics_preview_the_deployed_form(digits_ctx, mode, backend):
 
 def structure_size(ctx, policy):
     from autocompress.metrics.size import size_mb
-    from autocompress.techniques import build_techniques
+    from autocompress.compress import build_techniques
 
     model = __import__("copy").deepcopy(ctx.teacher)
     for t in build_techniques(Policy(pruning=policy.pruning), ctx):
@@ -231,7 +231,7 @@ def test_a_known_runtime_failure_ends_later_trials_before_training(write_study, 
     from typer.testing import CliRunner
 
     from autocompress.cli import app
-    from autocompress.efficiency import ATTR_KNOWN_AS, load_known_failures
+    from autocompress.search.efficiency import ATTR_KNOWN_AS, load_known_failures
 
     space = {"quantization": {"mode": "dynamic_int8"}, "runtime": {"backend": "onnxruntime"},
              "training": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}}}
@@ -254,7 +254,7 @@ def test_known_failures_end_the_trial_before_any_optimizer_step(digits_ctx, monk
     import torch
 
     from autocompress.errors import TrialFailed
-    from autocompress.trial import runtime_key
+    from autocompress.trial.run import runtime_key
 
     steps = []
     monkeypatch.setattr(torch.optim.Optimizer, "zero_grad", lambda self, *a, **k: steps.append(1))

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from autocompress import load_exported
 from autocompress.cli import app
 from autocompress.errors import AutocompressError, ConfigError
-from autocompress.rebuild import model_structure, save_model
+from autocompress.deploy.artifacts import model_structure, save_model
 from autocompress.report.select import Rule, choose
 
 
@@ -96,7 +96,7 @@ def _pruned_digits_cnn() -> nn.Module:
 
 
 def _quantize(model: nn.Module, mode: str, example: torch.Tensor) -> nn.Module:
-    from autocompress.techniques import quantization as q
+    from autocompress.compress import quantization as q
 
     if mode == "static_int8":
         prepared = q.prepare_static(model, example, per_channel=True)
@@ -211,7 +211,7 @@ def test_apply_exported_policy_via_cli(searched, tmp_path):
 
 
 def test_apply_plain_policy_needs_a_study(tmp_path, write_study):
-    from autocompress.policy import Policy
+    from autocompress.spec.policy import Policy
 
     plain = tmp_path / "plain.yaml"
     plain.write_text(Policy().to_yaml())
@@ -234,13 +234,13 @@ def test_apply_plain_policy_needs_a_study(tmp_path, write_study):
 
 
 def test_apply_of_a_policy_that_breaks_ends_with_an_error_line(tmp_path, write_study, monkeypatch):
-    import autocompress.trial
-    from autocompress.policy import Policy
+    import autocompress.trial.run
+    from autocompress.spec.policy import Policy
 
     def breaks(policy, ctx, **kw):
         raise KeyError("layer4.0.conv1")   # e.g. a technique's library on a model it cannot handle
 
-    monkeypatch.setattr(autocompress.trial, "run_trial", breaks)
+    monkeypatch.setattr(autocompress.trial.run, "run_trial", breaks)
     plain = tmp_path / "plain.yaml"
     plain.write_text(Policy().to_yaml())
     result = CliRunner().invoke(app, ["apply", str(plain), "--study", str(write_study()), "--epochs", "0",

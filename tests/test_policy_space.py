@@ -7,8 +7,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from autocompress.errors import ConfigError
-from autocompress.policy import Policy, PruningPolicy, QuantizationPolicy
-from autocompress.space import load_space
+from autocompress.spec.policy import Policy, PruningPolicy, QuantizationPolicy
+from autocompress.spec.space import load_space
 
 SPACE = {
     "pruning": {

@@ -14,10 +14,10 @@ from torch.utils.data import TensorDataset
 from autocompress.errors import TrialFailed
 from autocompress.metrics.flops import count_flops
 from autocompress.metrics.size import count_params
-from autocompress.policy import Policy, PruningPolicy, QuantizationPolicy
-from autocompress.techniques.pruning import build, scheduled_ratio
-from autocompress.techniques.pruning_nni import out_widths, zero_fraction
-from autocompress.trial import TrialContext
+from autocompress.spec.policy import Policy, PruningPolicy, QuantizationPolicy
+from autocompress.compress.pruning import build, scheduled_ratio
+from autocompress.compress.pruning_nni import out_widths, zero_fraction
+from autocompress.trial.run import TrialContext
 from autocompress.zoo.data import DataBundle
 from autocompress.zoo.models import create_model, torchvision_model
 
@@ -284,7 +284,7 @@ def test_agp_schedule():
 
 # -- end to end ---------------------------------------------------------------------------------
 def test_run_trial_structured_on_digits(digits_ctx):
-    from autocompress.trial import run_trial
+    from autocompress.trial.run import run_trial
 
     result = run_trial(pruning(method="structured", ratio=0.5), digits_ctx)
     json.dumps(result.proof["pruning"])   # stored as an Optuna user attribute

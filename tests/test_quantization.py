@@ -14,10 +14,10 @@ from autocompress.errors import TrialFailed
 from autocompress.metrics.accuracy import evaluate
 from autocompress.metrics.latency import measure_latency
 from autocompress.metrics.size import size_mb
-from autocompress.policy import Policy, QuantizationPolicy, TrainingPolicy
-from autocompress.techniques import quantization as Q
+from autocompress.spec.policy import Policy, QuantizationPolicy, TrainingPolicy
+from autocompress.compress import quantization as Q
 from autocompress.training.loop import fine_tune, make_loader
-from autocompress.trial import TargetSettings, TrialContext, run_trial
+from autocompress.trial.run import TargetSettings, TrialContext, run_trial
 from autocompress.zoo.data import DataBundle
 from autocompress.zoo.models import create_model, torchvision_model
 

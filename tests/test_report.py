@@ -123,7 +123,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
 
 
 def test_progress_shows_the_best_of_each_objective_on_the_front():
-    from autocompress.progress import SearchProgress
+    from autocompress.cli.progress import SearchProgress
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_metric_names(["accuracy", "size_mb"])

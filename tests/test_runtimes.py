@@ -12,9 +12,9 @@ import torch
 from autocompress.errors import TrialFailed
 from autocompress.metrics import METRICS
 from autocompress.metrics.memory import track_peak_memory
-from autocompress.policy import Policy, QuantizationPolicy, RuntimePolicy
-from autocompress.runtimes import OnnxRuntimeModule, build_runtime, check_predictions, to_runtime
-from autocompress.trial import deploy_runtime, run_trial
+from autocompress.spec.policy import Policy, QuantizationPolicy, RuntimePolicy
+from autocompress.deploy.runtimes import OnnxRuntimeModule, build_runtime, check_predictions, to_runtime
+from autocompress.trial.run import deploy_runtime, run_trial
 from autocompress.zoo.models import create_model
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -33,7 +33,7 @@ def images(digits_bundle):
 
 @pytest.fixture(scope="module")
 def int8_cnn(cnn, images):
-    from autocompress.techniques.quantization import convert, prepare_static
+    from autocompress.compress.quantization import convert, prepare_static
 
     prepared = prepare_static(copy.deepcopy(cnn), images[:2], per_channel=True)
     with torch.no_grad():
@@ -85,7 +85,7 @@ def test_int8_runs_in_torchscript_and_onnxruntime(int8_cnn, images, backend):
 def test_int8_fails_in_compile_and_dynamic_int8_in_onnxruntime_with_a_reason(cnn, int8_cnn, images):
     with pytest.raises(TrialFailed, match="runtime compile does not run int8 torch.ao models: .*one graph"):
         build_runtime(int8_cnn, "compile", images[:2])
-    from autocompress.techniques.quantization import quantize_dynamic
+    from autocompress.compress.quantization import quantize_dynamic
 
     dynamic = quantize_dynamic(copy.deepcopy(cnn), per_channel=True)
     with pytest.raises(TrialFailed, match="runtime onnxruntime does not run int8 torch.ao models: .*linear_dynamic"):

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from autocompress.errors import TrialFailed
-from autocompress.policy import AugmentationPolicy, Policy, TrainingPolicy
+from autocompress.spec.policy import AugmentationPolicy, Policy, TrainingPolicy
 from autocompress.training.loop import fine_tune
 from autocompress.training.optim import build_optimizer, build_scheduler, param_groups
 
@@ -217,14 +217,14 @@ def dropout_policy(p: float = 0.5, **parts) -> Policy:
 
 
 def test_no_dropout_technique_at_rate_zero(digits_ctx):
-    from autocompress.training import regularization
+    from autocompress.compress import regularization
 
     assert regularization.build(Policy(), digits_ctx) is None
     assert regularization.build(dropout_policy(0.2), digits_ctx) is not None
 
 
 def test_dropout_reaches_the_model_and_is_removed_after(digits_ctx, digits_bundle):
-    from autocompress.training.regularization import DropoutBefore, build
+    from autocompress.compress.regularization import DropoutBefore, build
 
     model = copy.deepcopy(digits_ctx.teacher).requires_grad_(True)
     keys = list(model.state_dict())
@@ -257,7 +257,7 @@ def test_dropout_reaches_the_model_and_is_removed_after(digits_ctx, digits_bundl
 
 
 def test_existing_dropout_before_the_classifier_gets_the_rate(digits_ctx):
-    from autocompress.training.regularization import build
+    from autocompress.compress.regularization import build
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 10))
     tech = build(dropout_policy(0.4), digits_ctx)
@@ -268,7 +268,7 @@ def test_existing_dropout_before_the_classifier_gets_the_rate(digits_ctx):
 
 
 def test_dropout_without_a_linear_classifier_fails_the_trial(digits_ctx):
-    from autocompress.training.regularization import build
+    from autocompress.compress.regularization import build
 
     model = nn.Sequential(nn.Conv2d(1, 10, 8), nn.Flatten())
     with pytest.raises(TrialFailed, match="no nn.Linear"):
@@ -279,7 +279,7 @@ def test_dropout_model_still_fx_traces_for_int8():
     from torch.ao.quantization import get_default_qat_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
-    from autocompress.training.regularization import DropoutBefore
+    from autocompress.compress.regularization import DropoutBefore
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
     model[3] = DropoutBefore(0.3, model[3])
@@ -294,8 +294,8 @@ def test_dropout_model_still_fx_traces_for_int8():
 @pytest.mark.parametrize("pruning,quant", [("structured", "none"), ("gradual", "none"), ("none", "qat_int8"),
                                            ("none", "static_int8")])
 def test_dropout_with_pruning_and_int8_trials(digits_ctx, pruning, quant):
-    from autocompress.policy import PruningPolicy, QuantizationPolicy
-    from autocompress.trial import run_trial
+    from autocompress.spec.policy import PruningPolicy, QuantizationPolicy
+    from autocompress.trial.run import run_trial
 
     policy = Policy(training=TrainingPolicy(dropout=0.3, lr=3e-3), pruning=PruningPolicy(method=pruning, ratio=0.5),
                     quantization=QuantizationPolicy(mode=quant))
@@ -306,7 +306,7 @@ def test_dropout_with_pruning_and_int8_trials(digits_ctx, pruning, quant):
     if pruning != "none":
         assert result.proof["pruning"]["sparsity"] > 0   # channels really removed, dropout or not
     if quant == "qat_int8":
-        from autocompress.techniques.quantization import quantized_skeleton
+        from autocompress.compress.quantization import quantized_skeleton
 
         assert "FX graph" in facts["dropout_how"]
         # the int8 model's state dict loads into the same model quantized without dropout
@@ -364,7 +364,7 @@ CONDITIONS = {
 
 
 def test_training_space_covers_every_fine_tuning_knob():
-    from autocompress.space import load_space
+    from autocompress.spec.space import load_space
 
     space = load_space(TRAINING_SPACE)
     names = {k.name for k in space.knobs}
@@ -373,7 +373,7 @@ def test_training_space_covers_every_fine_tuning_knob():
 
 
 def test_sampled_trials_record_every_knob_and_respect_conditions(digits_bundle):
-    from autocompress.space import load_space
+    from autocompress.spec.space import load_space
     from autocompress.training.augment import build_batch_transform
 
     space = load_space(TRAINING_SPACE)

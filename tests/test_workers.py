@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from autocompress.cli import app
 from autocompress.devices import assign, discover
-from autocompress.workers import start_workers, stop_workers
+from autocompress.search.workers import start_workers, stop_workers
 
 runner = CliRunner()
 
@@ -53,7 +53,7 @@ def test_study_devices_pin_each_worker():
 def test_devices_list_is_validated(write_study):
     import pytest
 
-    from autocompress.config import load_study_spec
+    from autocompress.spec.config import load_study_spec
     from autocompress.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown device 'gpu1'"):
@@ -62,7 +62,7 @@ def test_devices_list_is_validated(write_study):
 
 
 def test_a_worker_that_writes_much_to_stderr_does_not_block(tmp_path, monkeypatch):
-    import autocompress.workers as workers_mod
+    import autocompress.search.workers as workers_mod
 
     noisy = "import sys; sys.stderr.write('warning line\\n' * 20000 + 'boom\\n'); sys.exit(1)"
     monkeypatch.setattr(workers_mod, "worker_command", lambda *a, **k: [sys.executable, "-c", noisy])

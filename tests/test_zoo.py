@@ -11,7 +11,7 @@ import pytest
 import torch
 
 
-from autocompress.config import DataSpec, ModelSpec
+from autocompress.spec.config import DataSpec, ModelSpec
 from autocompress.errors import ConfigError
 from autocompress.zoo import build_data, build_model
 from autocompress.zoo.data import digits
@@ -27,7 +27,7 @@ def test_digits_split_is_fixed_and_disjoint():
     test = {tuple(x.flatten().tolist()) for x in a.test.tensors[0]}
     assert len(train & test) < 5  # digits has a few duplicate images, never many
     # the study seed draws the split, as for CIFAR and ImageFolder
-    from autocompress.config import DataSpec
+    from autocompress.spec.config import DataSpec
     from autocompress.zoo.data import build_data
 
     assert torch.equal(build_data(DataSpec(builtin="digits"), seed=0).val.tensors[0], a.val.tensors[0])

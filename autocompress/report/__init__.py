@@ -16,11 +16,11 @@ REPORT_FILE = "report.html"
 
 def write_report(results, *, out: Path | None = None, csv: Path | None = None,
                  parquet: Path | None = None) -> Path:
-    """Compute the report data of ``results`` (``autocompress.results.load_results``), write
+    """Compute the report data of ``results`` (``autocompress.search.results.load_results``), write
     the HTML (default ``<run dir>/report.html``) and the optional tables; returns the HTML path.
 
     Example:
-        >>> from autocompress.results import load_results
+        >>> from autocompress.search.results import load_results
         >>> write_report(load_results("digits-cnn"))  # doctest: +SKIP
     """
     from autocompress.report.data import report_data

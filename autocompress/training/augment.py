@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from autocompress.errors import TrialFailed
-from autocompress.policy import AugmentationPolicy
+from autocompress.spec.policy import AugmentationPolicy
 from autocompress.zoo.data import DataBundle
 
 IMAGE_POLICIES = ("crop", "crop_flip", "rotate_scale", "color", "combined", "trivialaugment", "randaugment")

@@ -13,11 +13,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from autocompress.errors import TrialFailed
 from autocompress.metrics.accuracy import evaluate
-from autocompress.policy import Policy
+from autocompress.spec.policy import Policy
 from autocompress.training.optim import build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
-    from autocompress.techniques.base import Technique
+    from autocompress.compress.base import Technique
 
 
 @dataclass

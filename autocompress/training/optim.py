@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler as S
 
-from autocompress.policy import TrainingPolicy
+from autocompress.spec.policy import TrainingPolicy
 
 WARMUP_START_FACTOR = 0.1   # warm-up starts at lr / 10
 LINEAR_END_FACTOR = 0.01    # linear decay ends at lr / 100

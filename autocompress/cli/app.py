@@ -104,11 +104,11 @@ def search(
 ) -> None:
     """Run a study, or resume it: trials already finished count toward the budget."""
     _setup_logging(verbose)
-    from autocompress.budget import budget_used
-    from autocompress.config import load_study_spec
-    from autocompress.progress import SearchProgress
-    from autocompress.study import optimize, prepare
-    from autocompress.workers import start_workers, stop_workers
+    from autocompress.search.budget import budget_used
+    from autocompress.spec.config import load_study_spec
+    from autocompress.cli.progress import SearchProgress
+    from autocompress.search.study import optimize, prepare
+    from autocompress.search.workers import start_workers, stop_workers
 
     spec = load_study_spec(study_file)
     timeout_s = _duration(timeout, "--timeout")
@@ -158,11 +158,11 @@ def worker(
 ) -> None:
     """Join an existing study (created by 'search') and run trials until its budget is met."""
     _setup_logging(verbose)
-    from autocompress.study import optimize, prepare, spec_from_storage
+    from autocompress.search.study import optimize, prepare, spec_from_storage
 
     import os
 
-    from autocompress.budget import budget_used
+    from autocompress.search.budget import budget_used
     from autocompress.utils import redact_url
 
     spec = spec_from_storage(study, storage)
@@ -204,7 +204,7 @@ def _say(message: str) -> None:
 
 
 def _duration(value: Optional[str], option: str) -> Optional[float]:
-    from autocompress.config import parse_duration
+    from autocompress.spec.config import parse_duration
     from autocompress.errors import ConfigError
 
     if value is None:
@@ -225,7 +225,7 @@ def status(
     """Trials complete / running / failed / pruned, and the current Pareto front."""
     _setup_logging(verbose)
     from autocompress.report.front import state_counts
-    from autocompress.results import load_results
+    from autocompress.search.results import load_results
 
     res = load_results(study, storage=storage)
     counts = state_counts(res.study)
@@ -287,7 +287,7 @@ def report(
     """Write one self-contained HTML report: Pareto front, hypervolume, importances, trials."""
     _setup_logging(verbose)
     from autocompress.report import write_report
-    from autocompress.results import load_results
+    from autocompress.search.results import load_results
 
     path = write_report(load_results(study, storage=storage), out=out, csv=csv, parquet=parquet)
     out_console.print(f"report: {path}" + "".join(f"\ntable: {p}" for p in (csv, parquet) if p), highlight=False)
@@ -308,9 +308,9 @@ def export_cmd(
 ) -> None:
     """Pick a point of the feasible Pareto front and write policy.yaml, the model, metrics, a card."""
     _setup_logging(verbose)
-    from autocompress.export import export_study
+    from autocompress.bundle.export import export_study
     from autocompress.report.select import Rule
-    from autocompress.results import load_results
+    from autocompress.search.results import load_results
 
     if trial is not None and any(v is not None for v in (max_accuracy_drop, min_accuracy, minimize)):
         from autocompress.errors import ConfigError
@@ -337,7 +337,7 @@ def apply_cmd(
 ) -> None:
     """Re-train a policy on the whole training split and write the same bundle as export."""
     _setup_logging(verbose)
-    from autocompress.apply import apply_policy
+    from autocompress.bundle.apply import apply_policy
 
     res = apply_policy(policy_file, epochs=epochs, out=out, study_file=study, say=_say)
     _print_artifacts(res.artifacts)

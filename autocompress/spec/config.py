@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from autocompress.errors import ConfigError, suggest
 from autocompress.metrics import METRICS
-from autocompress.space import SearchSpace, load_space
+from autocompress.spec.space import SearchSpace, load_space
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -190,7 +190,7 @@ class EarlyStoppingSpec(_Strict):
 
 class WarmStartSpec(_Strict):
     """Policies enqueued first, so the front is never worse than these."""
-    recipes: bool = Field(True, description="the standard recipes (autocompress.efficiency.RECIPES)")
+    recipes: bool = Field(True, description="the standard recipes (autocompress.search.efficiency.RECIPES)")
     policies: list[dict[str, dict[str, Any]]] = Field(default_factory=list,
                                                       description="your own, as nested policy sections")
 
@@ -338,7 +338,7 @@ def spec_from_dict(raw: Any, source: str) -> StudySpec:
             msg = f"unknown field {suggest(err['loc'][-1], fields)}" if fields else msg
         raise ConfigError(source, loc or None, msg) from None
     spec.load_space()  # validate the space now, not at the first trial
-    from autocompress.policy import Policy
+    from autocompress.spec.policy import Policy
 
     for i, p in enumerate(spec.warm_start.policies):
         try:
@@ -366,7 +366,7 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 
 def load_study_spec(path: str | Path) -> StudySpec:
     """Read and validate a study file; raises ConfigError naming the file and field."""
-    from autocompress.yamlfile import read_yaml
+    from autocompress.spec.yamlfile import read_yaml
 
     return spec_from_dict(read_yaml(path, "study file"), str(path))
 

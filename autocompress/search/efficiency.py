@@ -25,10 +25,10 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from autocompress.config import StudySpec
-from autocompress.policy import Policy
-from autocompress.space import SearchSpace
-from autocompress.trial import previews_deployment, structure_key
+from autocompress.spec.config import StudySpec
+from autocompress.spec.policy import Policy
+from autocompress.spec.space import SearchSpace
+from autocompress.trial.run import previews_deployment, structure_key
 
 log = logging.getLogger("autocompress")
 

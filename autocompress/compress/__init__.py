@@ -10,17 +10,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from autocompress.techniques.base import Technique
+from autocompress.compress.base import Technique
 
 if TYPE_CHECKING:
-    from autocompress.policy import Policy
-    from autocompress.trial import TrialContext
+    from autocompress.spec.policy import Policy
+    from autocompress.trial.run import TrialContext
 
 PIPELINE_ORDER = (
-    "autocompress.techniques.pruning",
-    "autocompress.training.regularization",
-    "autocompress.techniques.distillation",
-    "autocompress.techniques.quantization",
+    "autocompress.compress.pruning",
+    "autocompress.compress.regularization",
+    "autocompress.compress.distillation",
+    "autocompress.compress.quantization",
 )
 
 

@@ -25,11 +25,11 @@ import torch
 from torch import nn
 
 from autocompress.errors import TrialFailed
-from autocompress.techniques.base import Technique
+from autocompress.compress.base import Technique
 
 if TYPE_CHECKING:
-    from autocompress.policy import Policy
-    from autocompress.trial import TrialContext
+    from autocompress.spec.policy import Policy
+    from autocompress.trial.run import TrialContext
 
 FX_DROPOUT_NAME = "classifier_dropout"
 

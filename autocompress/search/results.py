@@ -9,9 +9,9 @@ from typing import Any
 import optuna
 
 from autocompress.errors import AutocompressError
-from autocompress.storage import DB_FILE, STORAGE_FILE, STUDY_FILE, default_storage_url, find_run_dir, open_storage
+from autocompress.search.storage import DB_FILE, STORAGE_FILE, STUDY_FILE, default_storage_url, find_run_dir, open_storage
 from autocompress.utils import redact_url
-from autocompress.yamlfile import read_yaml
+from autocompress.spec.yamlfile import read_yaml
 
 
 @dataclass

@@ -13,7 +13,7 @@ from autocompress.report.front import pareto_front
 
 class SearchProgress:
     def __init__(self, run, *, budget: int | None, timeout: float | None, console: Console) -> None:
-        from autocompress.budget import budget_used
+        from autocompress.search.budget import budget_used
 
         self.run = run
         self.budget = budget
@@ -51,7 +51,7 @@ class SearchProgress:
     def on_trial_end(self, study: optuna.Study, trial: FrozenTrial | None = None) -> None:
         """Optuna callback (or a poll, when workers run in other processes): new failures
         get one line each, the bar and its info are refreshed from the storage."""
-        from autocompress.budget import budget_used
+        from autocompress.search.budget import budget_used
 
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.PRUNED)):
             if t.number in self.reported:

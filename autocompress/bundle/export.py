@@ -4,7 +4,7 @@ A bundle (``runs/<name>/export/`` by default) holds:
 
 - ``policy.yaml``: every knob, the seed, and the study it came from (model, data, target), so
   ``autocompress apply`` can re-train it;
-- ``model.pt`` and ``structure.json`` (``autocompress.rebuild``: what ``load_exported`` rebuilds
+- ``model.pt`` and ``structure.json`` (``autocompress.deploy.artifacts``: what ``load_exported`` rebuilds
   the model from), plus ``model.torchscript.pt`` and ``model.onnx`` where the model allows (a
   failure is written in the card, never fatal);
 - ``metrics.json`` (the measured metrics and where they were measured) and ``README.md``.
@@ -30,7 +30,7 @@ import yaml
 from torch import nn
 
 from autocompress.errors import AutocompressError, TrialFailed
-from autocompress.rebuild import (FORMAT, MODEL_FILE, STRUCTURE_FILE, TORCHSCRIPT_FILE, load_exported,
+from autocompress.deploy.artifacts import (FORMAT, MODEL_FILE, STRUCTURE_FILE, TORCHSCRIPT_FILE, load_exported,
                                   save_model, structure_for)
 from autocompress.utils import atomic_write_bytes, atomic_write_text, error_line
 
@@ -48,7 +48,7 @@ class Bundle:
     """Everything written to an export folder."""
     model: nn.Module
     structure: dict[str, Any]
-    policy: Any                             # autocompress.policy.Policy
+    policy: Any                             # autocompress.spec.policy.Policy
     seed: int
     epochs: int
     train_fraction: float
@@ -120,7 +120,7 @@ def _torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> str:
 
 
 def _onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str:
-    from autocompress.runtimes import export_onnx
+    from autocompress.deploy.runtimes import export_onnx
 
     try:
         with torch.no_grad():
@@ -296,8 +296,8 @@ class ExportResult:
 def study_spec_of(results: Any) -> Any:
     """The StudySpec of a stored study: as stored with it (paths relative to the original study
     file), else the run folder's ``study.yaml``."""
-    from autocompress.config import spec_from_dict
-    from autocompress.storage import STUDY_FILE
+    from autocompress.spec.config import spec_from_dict
+    from autocompress.search.storage import STUDY_FILE
 
     attrs = results.study.user_attrs
     if attrs.get("study_yaml"):
@@ -313,12 +313,12 @@ def export_study(results: Any, *, rule: Any, out: Path | None = None,
     """Choose a trial by ``rule`` (``autocompress.report.select.Rule``) and write its bundle.
 
     Example:
-        >>> from autocompress.results import load_results
+        >>> from autocompress.search.results import load_results
         >>> from autocompress.report.select import Rule
         >>> rule = Rule(max_accuracy_drop=0.01, minimize="latency_ms")
         >>> export_study(load_results("digits-cnn"), rule=rule)  # doctest: +SKIP
     """
-    from autocompress.policy import Policy
+    from autocompress.spec.policy import Policy
     from autocompress.report.select import choose
 
     choice = choose(results.study, rule)
@@ -351,8 +351,8 @@ def export_study(results: Any, *, rule: Any, out: Path | None = None,
                         **common)
     else:
         say(f"trial {t.number}'s model was not saved by the search: re-running its policy (seed {seed})")
-        from autocompress.apply import study_context
-        from autocompress.trial import run_trial
+        from autocompress.bundle.apply import study_context
+        from autocompress.trial.run import run_trial
 
         # as many epochs as the trial ran (early stopping may have ended it before the budget)
         ctx = study_context(spec, baseline_dir=run_dir or Path(out), epochs=epochs, say=say)
@@ -385,6 +385,6 @@ def _num(t: Any, metric: str) -> str:
 
 def _spec_document(spec: Any) -> dict[str, Any]:
     """The study as a plain dict (search space inlined), for policy.yaml."""
-    from autocompress.config import spec_to_yaml
+    from autocompress.spec.config import spec_to_yaml
 
     return yaml.safe_load(spec_to_yaml(spec))

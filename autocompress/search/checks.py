@@ -9,9 +9,9 @@ from typing import Any, Callable
 
 import optuna
 
-from autocompress.config import StudySpec
+from autocompress.spec.config import StudySpec
 from autocompress.errors import ConfigError
-from autocompress.space import SearchSpace
+from autocompress.spec.space import SearchSpace
 from autocompress.utils import error_line
 
 

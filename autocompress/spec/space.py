@@ -31,7 +31,7 @@ from optuna.distributions import (
 )
 
 from autocompress.errors import ConfigError, suggest
-from autocompress.policy import Policy, coerce, knob_fields, section_types
+from autocompress.spec.policy import Policy, coerce, knob_fields, section_types
 
 _SPEC_KEYS = {"choices", "low", "high", "step", "log", "when", "value"}
 
@@ -122,7 +122,7 @@ def load_space(source: str | Path | dict, *, origin: str | None = None) -> Searc
     if isinstance(source, dict):
         raw, where = source, origin or "search_space"
     else:
-        from autocompress.yamlfile import read_yaml
+        from autocompress.spec.yamlfile import read_yaml
 
         where = str(source)
         raw = read_yaml(source, "search space file")

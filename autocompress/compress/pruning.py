@@ -46,14 +46,14 @@ from torch import nn
 
 from autocompress.errors import TrialFailed
 from autocompress.metrics.size import count_params
-from autocompress.techniques.base import Technique
-from autocompress.techniques.pruning_nni import (MaskedWeights, Masks, channel_sparsity, criterion_masks,
+from autocompress.compress.base import Technique
+from autocompress.compress.pruning_nni import (MaskedWeights, Masks, channel_sparsity, criterion_masks,
                                                  magnitude_masks, out_widths, plan_structured, plan_weight,
                                                  shrink, with_norms, zero_fraction)
 
 if TYPE_CHECKING:
-    from autocompress.policy import Policy
-    from autocompress.trial import TrialContext
+    from autocompress.spec.policy import Policy
+    from autocompress.trial.run import TrialContext
 
 
 def build(policy: "Policy", ctx: "TrialContext") -> Technique | None:

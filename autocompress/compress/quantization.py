@@ -24,12 +24,12 @@ from torch import nn
 
 from autocompress.errors import TrialFailed
 from autocompress.metrics.size import size_mb
-from autocompress.techniques.base import Technique
+from autocompress.compress.base import Technique
 from autocompress.utils import error_line, device_of
 
 if TYPE_CHECKING:
-    from autocompress.policy import Policy
-    from autocompress.trial import TrialContext
+    from autocompress.spec.policy import Policy
+    from autocompress.trial.run import TrialContext
 
 INT8_MODES = ("dynamic_int8", "static_int8", "qat_int8")
 FLOAT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}

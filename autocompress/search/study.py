@@ -19,17 +19,17 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial
 
-from autocompress.baseline import prepare_baseline
-from autocompress.budget import (ATTR_BASELINE, ATTR_INTERRUPTED, ATTR_REASON, BudgetSpent, budget_lock,
+from autocompress.trial.baseline import prepare_baseline
+from autocompress.search.budget import (ATTR_BASELINE, ATTR_INTERRUPTED, ATTR_REASON, BudgetSpent, budget_lock,
                                  budgeted_ask, running, wait_for_running)
-from autocompress.checks import check_augmentation, check_existing, check_forward
-from autocompress.config import StudySpec, spec_to_yaml
-from autocompress.efficiency import (early_stop_func, enqueue_warm_starts, load_cheap_cache, load_known_failures,
+from autocompress.search.checks import check_augmentation, check_existing, check_forward
+from autocompress.spec.config import StudySpec, spec_to_yaml
+from autocompress.search.efficiency import (early_stop_func, enqueue_warm_starts, load_cheap_cache, load_known_failures,
                                      prescreen_func, remember_failure)
 from autocompress.errors import AutocompressError, TrialFailed
-from autocompress.space import SearchSpace
-from autocompress.storage import STORAGE_FILE, STUDY_FILE, check_url, default_run_dir, default_storage_url, open_storage
-from autocompress.trial import Stopped, TargetSettings, TrialContext, TrialResult, cost_key, run_trial, structure_key
+from autocompress.spec.space import SearchSpace
+from autocompress.search.storage import STORAGE_FILE, STUDY_FILE, check_url, default_run_dir, default_storage_url, open_storage
+from autocompress.trial.run import Stopped, TargetSettings, TrialContext, TrialResult, cost_key, run_trial, structure_key
 from autocompress.utils import atomic_write_text, error_line, optuna_experimental, redact_url, resolve_device, seed_everything
 from autocompress.zoo import build_data, build_model
 
@@ -171,7 +171,7 @@ def build_inputs(spec: StudySpec) -> tuple[Any, Any]:
 
 def make_context(spec: StudySpec, data: Any, teacher: Any, *, device: str | None = None) -> TrialContext:
     """The context the study's trials run in, before the baseline is trained or loaded into
-    ``teacher`` (``autocompress.baseline.prepare_baseline``)."""
+    ``teacher`` (``autocompress.trial.baseline.prepare_baseline``)."""
     target = TargetSettings(device=spec.target.device, batch_size=spec.target.batch_size,
                             threads=spec.target.threads, max_time_s=spec.target.max_time_s,
                             throughput_batch_size=spec.target.throughput_batch_size)
@@ -184,7 +184,7 @@ def spec_from_storage(study_name: str, storage: str) -> StudySpec:
     and the storage URL. Relative paths resolve against the original study file's folder."""
     import yaml
 
-    from autocompress.config import spec_from_dict
+    from autocompress.spec.config import spec_from_dict
 
     rdb = open_storage(storage, heartbeat=False)
     try:
@@ -218,7 +218,7 @@ def _remove_fresh(run_dir: Path, kept: set[str] | None) -> None:
 def _add_baseline_trial(study: optuna.Study, spec: StudySpec, metrics: dict[str, float]) -> None:
     if any(t.user_attrs.get(ATTR_BASELINE) for t in study.get_trials(deepcopy=False)):
         return
-    from autocompress.policy import Policy
+    from autocompress.spec.policy import Policy
 
     study.add_trial(optuna.trial.create_trial(
         values=[metrics[m] for m in spec.metric_names],
@@ -294,7 +294,7 @@ def _record(trial: optuna.Trial, result: TrialResult) -> None:
 
 def _save_model(run: StudyRun, trial: optuna.Trial, result: TrialResult) -> None:
     """Keep a feasible trial's model (runs/<name>/trials/<number>/) so export need not retrain."""
-    from autocompress.rebuild import save_trial_model
+    from autocompress.deploy.artifacts import save_trial_model
 
     saved = save_trial_model(result, run.run_dir / "trials" / str(trial.number), spec=run.spec, ctx=run.ctx)
     if saved is not None:

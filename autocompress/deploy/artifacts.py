@@ -4,7 +4,7 @@ Two files hold a model: ``model.pt`` (a plain state dict, loaded with ``weights_
 ``structure.json`` (what rebuilds the module tree: the model reference, the in/out widths of
 every layer after pruning, the quantization mode). The search writes them for every feasible
 trial under ``runs/<name>/trials/<number>/`` (``save_trial_model``); an export bundle
-(``autocompress.export``) holds them next to its other files.
+(``autocompress.bundle.export``) holds them next to its other files.
 
 ``load_exported(path)`` rebuilds the structure from the recorded widths (independent of how a
 pruner or quantizer works inside): build the study's model, replace every layer whose widths
@@ -42,7 +42,7 @@ WIDTH_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_feat
 
 def _float_core(model: nn.Module) -> nn.Module:
     """The float model inside an fp16/bf16 input-casting wrapper; the model itself otherwise."""
-    from autocompress.techniques.quantization import CastInputs
+    from autocompress.compress.quantization import CastInputs
 
     return model.model if isinstance(model, CastInputs) else model
 
@@ -120,8 +120,8 @@ def _fit_batchnorms(model: nn.Module, example: torch.Tensor) -> None:
 
 def rebuild(structure: dict[str, Any]) -> nn.Module:
     """The untrained module tree ``structure`` describes (quantization applied, weights not loaded)."""
-    from autocompress.config import ModelSpec
-    from autocompress.techniques.quantization import quantized_skeleton
+    from autocompress.spec.config import ModelSpec
+    from autocompress.compress.quantization import quantized_skeleton
     from autocompress.zoo import build_model
 
     if structure.get("format") != FORMAT:

@@ -186,7 +186,7 @@ def _no_onnx_ir_dump() -> Iterator[None]:
 
 def is_int8_ao(model: nn.Module) -> bool:
     """True for a model holding torch.ao int8 layers (static, QAT-converted or dynamic)."""
-    from autocompress.techniques.quantization import quantized_layers
+    from autocompress.compress.quantization import quantized_layers
 
     return bool(quantized_layers(model))
 

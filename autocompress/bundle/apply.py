@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 
 from autocompress.errors import AutocompressError, ConfigError, TrialFailed
-from autocompress.policy import Policy
+from autocompress.spec.policy import Policy
 from autocompress.utils import error_line
 
 
@@ -32,8 +32,8 @@ class PolicyFile:
 def read_policy_file(path: Path, *, with_study: bool = True) -> PolicyFile:
     """An exported ``policy.yaml`` or a plain policy YAML; errors name the file and field.
     ``with_study=False`` (``apply --study``): the study the file names is not read."""
-    from autocompress.config import spec_from_dict
-    from autocompress.yamlfile import read_yaml
+    from autocompress.spec.config import spec_from_dict
+    from autocompress.spec.yamlfile import read_yaml
 
     path = Path(path)
     source = str(path)
@@ -71,8 +71,8 @@ def study_context(spec: Any, *, baseline_dir: Path, epochs: int | None = None, t
                   say: Callable[[str], None] = lambda m: None):
     """The TrialContext of ``spec``'s trials without an Optuna study: data, baseline (loaded
     from ``baseline_dir`` or trained and cached there), target device."""
-    from autocompress.baseline import prepare_baseline
-    from autocompress.study import build_inputs, make_context
+    from autocompress.trial.baseline import prepare_baseline
+    from autocompress.search.study import build_inputs, make_context
 
     data, teacher = build_inputs(spec)
     ctx = make_context(spec, data, teacher)
@@ -102,11 +102,11 @@ def apply_policy(policy_file: Path, *, epochs: int | None = None, out: Path | No
     Example:
         >>> apply_policy(Path("runs/digits-cnn/export/policy.yaml"), epochs=30)  # doctest: +SKIP
     """
-    from autocompress.baseline import BASELINE_FILE
-    from autocompress.config import load_study_spec
-    from autocompress.export import Bundle, _spec_document, source_of, write_bundle
-    from autocompress.rebuild import structure_for
-    from autocompress.trial import run_trial
+    from autocompress.trial.baseline import BASELINE_FILE
+    from autocompress.spec.config import load_study_spec
+    from autocompress.bundle.export import Bundle, _spec_document, source_of, write_bundle
+    from autocompress.deploy.artifacts import structure_for
+    from autocompress.trial.run import run_trial
 
     pf = read_policy_file(Path(policy_file), with_study=study_file is None)
     spec = load_study_spec(study_file) if study_file is not None else pf.spec

@@ -35,12 +35,12 @@ from autocompress.errors import TrialFailed
 from autocompress.utils import error_line
 
 if TYPE_CHECKING:
-    from autocompress.policy import PruningPolicy
-    from autocompress.trial import TrialContext
+    from autocompress.spec.policy import PruningPolicy
+    from autocompress.trial.run import TrialContext
 
 # ModelSpeedup's own messages (one per module, "cannot replace MaxPool1d", ...): silent unless a
 # user raises this logger's level while debugging (named after the technique, not this module).
-SPEEDUP_LOG = logging.getLogger("autocompress.techniques.pruning.speedup")
+SPEEDUP_LOG = logging.getLogger("autocompress.compress.pruning.speedup")
 SPEEDUP_LOG.setLevel(logging.CRITICAL)
 
 TAYLOR_BATCHES = 8        # training batches whose gradients estimate Taylor importance

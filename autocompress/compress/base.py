@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from autocompress.policy import Policy
-    from autocompress.trial import TrialContext
+    from autocompress.spec.policy import Policy
+    from autocompress.trial.run import TrialContext
 
 
 class Technique:

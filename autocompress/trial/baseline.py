@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from autocompress.errors import AutocompressError
-from autocompress.policy import Policy, TrainingPolicy
+from autocompress.spec.policy import Policy, TrainingPolicy
 from autocompress.training.loop import fine_tune
-from autocompress.trial import TrialContext, deployed_metrics, structure_metrics
+from autocompress.trial.run import TrialContext, deployed_metrics, structure_metrics
 from autocompress.utils import atomic_torch_save, atomic_write_text, error_line, seed_everything
 
 BASELINE_FILE = "baseline.pt"

@@ -21,9 +21,9 @@ from autocompress.metrics.flops import count_flops
 from autocompress.metrics.latency import measure_latency
 from autocompress.metrics.memory import track_peak_memory
 from autocompress.metrics.size import compressed_size_mb, count_params, size_mb
-from autocompress.policy import Policy
-from autocompress.runtimes import Runtime, build_runtime, check_predictions
-from autocompress.techniques import build_techniques
+from autocompress.spec.policy import Policy
+from autocompress.deploy.runtimes import Runtime, build_runtime, check_predictions
+from autocompress.compress import build_techniques
 from autocompress.training.augment import build_batch_transform
 from autocompress.training.loop import FitResult, fine_tune, make_loader
 from autocompress.zoo.data import DataBundle
@@ -127,7 +127,7 @@ def cost_metrics(model: nn.Module, policy: Policy, ctx: TrialContext, example: t
     ``post_training`` on a copy, then the runtime; neither latency nor size depends on the
     weights' values), else as the float model run eagerly. ``deployed`` is 1.0 for a preview.
     A runtime that cannot convert the deployed form fails the trial here, before training."""
-    from autocompress.techniques import quantization
+    from autocompress.compress import quantization
 
     model.eval()
     cheap = structure_metrics(model, example)

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from autocompress.errors import TrialFailed
-from autocompress.techniques.base import Technique
+from autocompress.compress.base import Technique
 from autocompress.utils import device_of
 
 if TYPE_CHECKING:
-    from autocompress.policy import Policy
-    from autocompress.trial import TrialContext
+    from autocompress.spec.policy import Policy
+    from autocompress.trial.run import TrialContext
 
 GLOBAL_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
                 nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
