@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
 
 class AutocompressError(Exception):
     """A problem the user can fix (bad input, missing file, unknown study)."""
@@ -22,13 +26,21 @@ class ConfigError(AutocompressError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+@dataclass(frozen=True)
+class FailureKey:
+    """Knob values under which every policy fails the same way on this model, e.g. a runtime
+    that cannot run a number format: ``key`` names them, ``knobs`` are the values."""
+    key: str
+    knobs: tuple[tuple[str, Any], ...]
+
+
 class TrialFailed(Exception):
     """A trial cannot finish (technique does not apply, NaN loss, out of memory).
 
     The study records ``reason`` on the trial and goes on.
     """
 
-    def __init__(self, reason: str, *, known_as: str | None = None) -> None:
+    def __init__(self, reason: str, *, known_as: FailureKey | None = None) -> None:
         self.reason = reason
         # Set when every policy with this key fails the same way on this model (e.g. a runtime
         # without kernels for a number format): later trials with the key end before training.
@@ -38,8 +50,6 @@ class TrialFailed(Exception):
 
 def suggest(value: object, choices: "list[str] | tuple[str, ...]") -> str:
     """'(choose from: a, b, c)' plus a close match when there is one."""
-    import difflib
-
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return f"(choose from: {', '.join(str(c) for c in choices)}){hint}"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import optuna
 import torch
 
 
@@ -85,8 +86,6 @@ def device_of(model: torch.nn.Module) -> torch.device:
 def optuna_experimental() -> Iterator[None]:
     """Use Optuna features it marks experimental (heartbeat retries, metric names, grouped
     TPE) without a warning per call: they are chosen on purpose."""
-    import optuna
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         yield

@@ -15,7 +15,7 @@ import torch
 
 from autocompress.spec.policy import AugmentationPolicy, Policy, TrainingPolicy
 from autocompress.training.augment import build_batch_transform
-from autocompress.training.loop import fine_tune
+from autocompress.training.loop import FitPlan, fine_tune
 from autocompress.zoo.data import digits
 from autocompress.zoo.models import digits_cnn
 
@@ -30,10 +30,11 @@ def measure(policy: str, mix: str, *, epochs: int, seed: int = 0) -> dict[str, f
     pol = Policy(training=TrainingPolicy(lr=3e-3, schedule="cosine"), augmentation=aug)
     torch.manual_seed(seed)
     model = digits_cnn(num_classes=data.num_classes, in_channels=1, input_shape=data.input_shape)
-    fit = fine_tune(model, data.train, data.val, pol, epochs=epochs, device=torch.device("cpu"), seed=seed,
-                    batch_transform=build_batch_transform(aug, data, seed))
+    fit = fine_tune(model, data.train, data.val, pol,
+                    FitPlan(epochs=epochs, device=torch.device("cpu"), seed=seed,
+                            batch_transform=build_batch_transform(aug, data, seed)))
     return {"data_share": fit.data_seconds / fit.train_seconds, "data_ms_per_batch": 1e3 * fit.data_seconds / fit.steps,
-            "train_s": fit.train_seconds, "val_accuracy": fit.history[-1]["val_accuracy"]}
+            "train_s": fit.train_seconds, "val_accuracy": fit.history[-1].val_accuracy}
 
 
 def main() -> None:

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -33,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from autocompress.spec.config import spec_from_dict  # noqa: E402
 from autocompress.metrics.latency import measure_latency  # noqa: E402
 from autocompress.metrics.memory import track_peak_memory  # noqa: E402
+from autocompress.search.record import read_all  # noqa: E402
 from autocompress.search.study import run_study  # noqa: E402
 from autocompress.compress.quantization import FLOAT_DTYPES, CastInputs  # noqa: E402
 from autocompress.zoo.models import create_model, torchvision_model  # noqa: E402
@@ -96,20 +96,17 @@ def study(args: argparse.Namespace) -> None:
     wall = time.time() - start
     print("| trial | state | policy | amp | accuracy | latency ms (IQR, runs) | peak MB | measured on |")
     print("|---:|---|---|---|---:|---|---:|---|")
-    for t in run.study.get_trials(deepcopy=False):
-        if t.user_attrs.get("baseline"):
-            continue
-        pol, m = t.user_attrs.get("policy", {}), t.user_attrs.get("metrics", {})
-        on = t.user_attrs.get("measured_on", {})
-        desc = t.user_attrs.get("policy_summary") or yaml.safe_dump(
-            {k: pol.get(k) for k in ("pruning", "quantization")}, default_flow_style=True).strip()
+    records = [r for r in read_all(run.study) if not r.baseline]
+    for r in records:
+        m, on = r.metrics, r.measured_on
+        amp = r.policy.training.amp if r.policy else ""
         lat = (f"{m['latency_ms']:.3f} ({m['latency_iqr_ms']:.3f}, {int(m['latency_runs'])})"
-               if "latency_ms" in m else t.user_attrs.get("fail_reason", "")[:60])
+               if m.get("latency_ms") is not None else r.reason[:60])
         acc = f"{m['accuracy']:.4f}" if "accuracy" in m else ""
         peak = f"{m['peak_memory_mb']:.1f}" if m.get("peak_memory_mb") is not None else ""
-        print(f"| {t.number} | {t.state.name} | {desc} | {pol.get('training', {}).get('amp', '')} | {acc} | "
-              f"{lat} | {peak} | {on.get('device_name', '')} ({on.get('device', '')}) |")
-    done = sum(1 for t in run.study.get_trials(deepcopy=False) if not t.user_attrs.get("baseline"))
+        print(f"| {r.number} | {r.state.name} | {r.policy_summary} | {amp} | {acc} | "
+              f"{lat} | {peak} | {on.device_name if on else ''} ({on.device if on else ''}) |")
+    done = len(records)
     print(f"\n{done} trials in {wall:.1f} s (baseline training included) -> {done / wall * 3600:.0f} trials/hour; "
           f"torch {torch.__version__}")
 

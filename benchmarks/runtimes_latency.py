@@ -47,7 +47,7 @@ def models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
 
 
 def static_int8(model: nn.Module, inputs: torch.Tensor) -> nn.Module:
-    from autocompress.compress.quantization import convert, prepare_static
+    from autocompress.compress.quantization.torch_ao import convert, prepare_static
 
     prepared = prepare_static(copy.deepcopy(model), inputs[:2], per_channel=True)
     with torch.no_grad():

@@ -31,20 +31,19 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from autocompress.spec.config import spec_from_dict  # noqa: E402
+from optuna._hypervolume import compute_hypervolume  # noqa: E402
+
+from autocompress.search.record import read_all, study_info  # noqa: E402
 from autocompress.search.study import run_study  # noqa: E402
+from autocompress.spec.config import spec_from_dict  # noqa: E402
 
 
 def hypervolume(study: optuna.Study, upto: int, baseline: dict) -> float:
-    from optuna._hypervolume import compute_hypervolume
-
     pts = []
-    for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("baseline") or t.state.name != "COMPLETE" or t.number > upto:
+    for t in read_all(study):
+        if t.baseline or t.state.name != "COMPLETE" or t.number > upto or not t.feasible:
             continue
-        if any(c > 0 for c in t.constraints.values()):
-            continue
-        m = t.user_attrs["metrics"]
+        m = t.metrics
         pts.append([(1 - m["accuracy"]) / 0.1, m["latency_ms"] / baseline["latency_ms"],
                     m["size_mb"] / baseline["size_mb"]])
     ref = np.full(3, 1.1)
@@ -83,23 +82,22 @@ def main() -> None:
         run = run_study(spec, out=out, log=lambda m: None)
         wall = time.time() - start
         study = run.study
-        base = study.user_attrs["baseline_metrics"]
-        trials = [t for t in study.get_trials() if not t.user_attrs.get("baseline")]
-        epochs = sum(int(t.user_attrs.get("epochs_run", 0)) for t in trials)
+        base = study_info(study).baseline_metrics
+        trials = [t for t in read_all(study) if not t.baseline]
+        epochs = sum(int(t.epochs_run or 0) for t in trials)
         hv = [(i, hypervolume(study, trials[min(i, len(trials)) - 1].number, base))
               for i in range(args.k, len(trials) + 1, args.k)]
         states = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
         rows[name] = dict(hv=hv, epochs=epochs, wall=wall, states=states, study=study)
         print(f"\n== {name}: {len(trials)} trials, {epochs} fine-tune epochs, {wall:.0f} s, {states}")
         print("   hypervolume after k trials: " + ", ".join(f"{i}: {h:.4f}" for i, h in hv))
-        feasible = [t for t in trials if t.state.name == "COMPLETE"
-                    and all(c <= 0 for c in t.constraints.values())]
+        feasible = [t for t in trials if t.state.name == "COMPLETE" and t.feasible]
         for metric, better in (("accuracy", max), ("latency_ms", min), ("size_mb", min)):
             if feasible:
-                t = better(feasible, key=lambda t: t.user_attrs["metrics"][metric])
-                m = t.user_attrs["metrics"]
+                t = better(feasible, key=lambda t: t.metrics[metric])
+                m = t.metrics
                 print(f"   best {metric:10s}: trial {t.number:3d} acc {m['accuracy']:.4f} "
-                      f"lat {m['latency_ms']:.3f} ms size {m['size_mb']:.4f} MB  {t.user_attrs['policy_summary']}")
+                      f"lat {m['latency_ms']:.3f} ms size {m['size_mb']:.4f} MB  {t.policy_summary}")
 
     n = args.n
     hv_at = lambda name, i: next((h for j, h in rows[name]["hv"] if j == i), rows[name]["hv"][-1][1])  # noqa: E731

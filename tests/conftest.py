@@ -77,7 +77,7 @@ def digits_bundle():
 @pytest.fixture
 def digits_ctx(digits_bundle):
     """A TrialContext with an (untrained) small digits CNN as the teacher."""
-    from autocompress.trial.run import TargetSettings, TrialContext
+    from autocompress.trial.context import TargetSettings, TrialContext
     from autocompress.zoo.models import create_model
 
     torch.manual_seed(0)

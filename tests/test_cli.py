@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from autocompress.cli import app
+from autocompress.search import record
 
 runner = CliRunner()
 
@@ -35,22 +36,23 @@ def test_search_status_and_resume(write_study, tmp_path):
         assert (run_dir / name).is_file(), name
 
     study = _load(run_dir)
-    trials = study.get_trials()
-    baseline = [t for t in trials if t.user_attrs.get("baseline")]
-    searched = [t for t in trials if not t.user_attrs.get("baseline")]
+    records = record.read_all(study)
+    baseline = [r for r in records if r.baseline]
+    searched = [r for r in records if not r.baseline]
     assert len(baseline) == 1 and baseline[0].number == 0
-    assert len(searched) == 2 and all(t.state.name == "COMPLETE" for t in searched)
+    assert len(searched) == 2 and all(r.state.name == "COMPLETE" for r in searched)
     assert study.metric_names == ["accuracy", "latency_ms"]
-    for t in searched:
-        m = t.user_attrs["metrics"]
+    for r in searched:
+        m = r.metrics
         for key in ("accuracy", "test_accuracy", "accuracy_drop", "latency_ms", "size_mb", "flops", "params"):
             assert key in m, key
-        assert t.values == [m["accuracy"], m["latency_ms"]]
+        assert r.values == (m["accuracy"], m["latency_ms"])
         assert m["flops"] > 0 and m["params"] > 0 and m["size_mb"] > 0 and m["latency_ms"] > 0
-        assert t.user_attrs["policy"]["training"]["optimizer"] == t.params["training.optimizer"]
-        assert {"compress_s", "finetune_s", "measure_s"} <= set(t.user_attrs["timings"])
-        assert t.user_attrs["history"][0]["epoch"] == 1
-        assert t.constraints  # feasibility known to the samplers and Optuna's plots
+        assert r.policy is not None and r.policy.training.optimizer == r.params["training.optimizer"]
+        assert {"compress_s", "finetune_s", "measure_s"} <= set(r.timings)
+        assert r.history[0].epoch == 1 and r.epochs_run == len(r.history) == 1
+        assert r.constraints  # feasibility known to the samplers and Optuna's plots
+        assert r.measured_on is not None and r.measured_on.device == "cpu"
 
     # the saved baseline loads with weights_only
     state = torch.load(run_dir / "baseline.pt", weights_only=True)
@@ -65,9 +67,9 @@ def test_search_status_and_resume(write_study, tmp_path):
     again = runner.invoke(app, ["search", str(study_file), "--out", str(run_dir), "--trials", "3"])
     assert again.exit_code == 0, again.output
     study = _load(run_dir)
-    numbers = [t.number for t in study.get_trials() if not t.user_attrs.get("baseline")]
+    numbers = [r.number for r in record.read_all(study) if not r.baseline]
     assert numbers == [1, 2, 3]
-    assert [t.params for t in study.get_trials()[:3]] == [t.params for t in trials[:3]]
+    assert [r.params for r in record.read_all(study)[:3]] == [r.params for r in records[:3]]
     assert (run_dir / "baseline.pt").stat().st_mtime == mtime
     # running again with the budget met runs nothing more
     runner.invoke(app, ["search", str(study_file), "--out", str(run_dir), "--trials", "3"])
@@ -80,8 +82,8 @@ def test_same_command_twice_gives_the_same_trials(write_study, tmp_path):
     for run in ("a", "b"):
         result = runner.invoke(app, ["search", str(study_file), "--out", str(tmp_path / run)])
         assert result.exit_code == 0, result.output
-        trials = _load(tmp_path / run).get_trials()
-        params.append([(t.params, t.user_attrs["metrics"]["accuracy"]) for t in trials])
+        records = record.read_all(_load(tmp_path / run))
+        params.append([(r.params, r.metrics["accuracy"]) for r in records])
     assert params[0] == params[1]
 
 
@@ -93,10 +95,10 @@ def test_broken_trial_is_recorded_and_the_study_goes_on(write_study, tmp_path):
     run_dir = tmp_path / "run"
     result = runner.invoke(app, ["search", str(study_file), "--out", str(run_dir)])
     assert result.exit_code == 0, result.output
-    trials = [t for t in _load(run_dir).get_trials() if not t.user_attrs.get("baseline")]
+    trials = [r for r in record.read_all(_load(run_dir)) if not r.baseline]
     assert len(trials) == 2
-    assert all(t.state.name == "FAIL" for t in trials)
-    assert all("loss" in t.user_attrs["fail_reason"] for t in trials)
+    assert all(r.state.name == "FAIL" for r in trials)
+    assert all("loss" in r.fail_reason and r.counted for r in trials)
     status = runner.invoke(app, ["status", str(run_dir)])
     assert "2 fail" in status.output and "failed: " in status.output
 
@@ -188,9 +190,9 @@ def test_status_of_unknown_study(tmp_path):
 
 
 def test_ctrl_c_stops_cleanly_and_the_study_resumes(write_study, tmp_path, monkeypatch):
-    import autocompress.search.study as study_mod
+    import autocompress.search.objective as objective_mod
 
-    real = study_mod.run_trial
+    real = objective_mod.run_trial
     calls = []
 
     def interrupted_once(policy, ctx, **kw):
@@ -199,20 +201,20 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(write_study, tmp_path, monke
             raise KeyboardInterrupt
         return real(policy, ctx, **kw)
 
-    monkeypatch.setattr(study_mod, "run_trial", interrupted_once)
+    monkeypatch.setattr(objective_mod, "run_trial", interrupted_once)
     study_file = write_study()
     run_dir = tmp_path / "run"
     result = runner.invoke(app, ["search", str(study_file), "--out", str(run_dir)])
     assert result.exit_code == 130, result.output
     assert "run the same command to resume" in result.output
-    trials = _load(run_dir).get_trials()
-    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL"]
-    assert trials[2].user_attrs.get("interrupted") is True
+    records = record.read_all(_load(run_dir))
+    assert [r.state.name for r in records] == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert records[2].interrupted is True and not records[2].counted
 
     again = runner.invoke(app, ["search", str(study_file), "--out", str(run_dir)])
     assert again.exit_code == 0, again.output
-    searched = [t for t in _load(run_dir).get_trials() if not t.user_attrs.get("baseline")]
-    assert sum(t.state.name == "COMPLETE" for t in searched) == 2  # the interrupted trial did not count
+    searched = [r for r in record.read_all(_load(run_dir)) if not r.baseline]
+    assert sum(r.state.name == "COMPLETE" for r in searched) == 2  # the interrupted trial did not count
 
 
 def test_optuna_dashboard_opens_our_study(write_study, tmp_path):

@@ -108,24 +108,42 @@ def test_throughput_objective_needs_its_batch_size(write_study):
     assert spec.target.throughput_batch_size == 32
 
 
-def test_batch_1_latency_and_batch_n_throughput_are_both_measured(digits_ctx):
-    from autocompress.spec.policy import Policy
-    from autocompress.trial.run import run_trial
+def test_batch_1_latency_and_batch_n_throughput_are_both_measured(digits_ctx, monkeypatch):
+    from dataclasses import replace
 
-    digits_ctx.target.throughput_batch_size = 32
-    m = run_trial(Policy(), digits_ctx).metrics
-    assert m["latency_ms"] > 0 and m["throughput_sps"] > 0
-    # 32 samples per batch: far more samples per second than one batch-1 call gives
-    assert m["throughput_sps"] > 1e3 / m["latency_ms"]
+    import autocompress.trial.measure as measure
+
+    runs = []
+    real = measure.measure_latency
+
+    def recorded(*args, **kwargs):
+        stats = real(*args, **kwargs)
+        runs.append(stats)
+        return stats
+
+    monkeypatch.setattr(measure, "measure_latency", recorded)
+    model = digits_ctx.teacher
+    # without a throughput batch size: one batch-1 run, no throughput
+    m = measure.deployed_metrics(model, digits_ctx)
+    assert "throughput_sps" not in m and [r.batch_size for r in runs] == [1]
+    runs.clear()
+    ctx = replace(digits_ctx, target=replace(digits_ctx.target, throughput_batch_size=32))
+    m = measure.deployed_metrics(model, ctx)
+    one, big = runs
+    assert (one.batch_size, big.batch_size) == (1, 32)
+    # latency is the batch-1 run's median; throughput is 32 samples per batch-32 median
+    assert m["latency_ms"] == one.median_ms and m["latency_runs"] == float(one.runs)
+    assert m["throughput_sps"] == pytest.approx(32 / (big.median_ms / 1e3))
 
 
 def test_an_accuracy_drop_equal_to_its_bound_meets_the_constraint(digits_ctx, monkeypatch):
-    import autocompress.trial.run as trial
+    from dataclasses import replace
+
+    import autocompress.trial.measure as measure
     from autocompress.spec.config import Constraint
 
-    monkeypatch.setattr(trial, "evaluate", lambda *a, **k: 0.35)
-    digits_ctx.baseline_metrics["accuracy"] = 0.4
-    model = digits_ctx.teacher
-    drop = trial.deployed_metrics(model, digits_ctx)["accuracy_drop"]
+    monkeypatch.setattr(measure, "evaluate", lambda *a, **k: 0.35)
+    ctx = replace(digits_ctx, baseline_metrics={**digits_ctx.baseline_metrics, "accuracy": 0.4})
+    drop = measure.deployed_metrics(ctx.teacher, ctx)["accuracy_drop"]
     assert drop == 0.05
     assert Constraint.parse("accuracy_drop <= 0.05").violation(drop) <= 0

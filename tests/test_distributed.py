@@ -14,9 +14,11 @@ import time
 import optuna
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from autocompress.cli import app
+from autocompress.search.record import read, read_all
 
 from conftest import PG_PASSWORD
 
@@ -30,15 +32,16 @@ FAST = dict(model={"builtin": "mlp", "kwargs": {"hidden": 16, "depth": 1}},
 
 
 def _searched(study):
-    return [t for t in study.get_trials() if not t.user_attrs.get("baseline")]
+    """The records of every trial but the baseline."""
+    return [r for r in read_all(study) if not r.baseline]
 
 
 def _check_exact(study, n):
     searched = _searched(study)
     assert len(searched) == n, f"{len(searched)} trials, expected {n}"
-    assert all(t.state.name == "COMPLETE" for t in searched)
+    assert all(r.state == TrialState.COMPLETE for r in searched)
     assert len({t.number for t in study.get_trials()}) == len(study.get_trials())
-    assert all("accuracy" in t.user_attrs["metrics"] for t in searched)
+    assert all("accuracy" in r.metrics for r in searched)
 
 
 def test_four_workers_on_postgres_finish_exactly_100_trials(write_study, tmp_path, postgres_url):
@@ -51,7 +54,8 @@ def test_four_workers_on_postgres_finish_exactly_100_trials(write_study, tmp_pat
     assert PG_PASSWORD not in result.output
     study = optuna.load_study(study_name="pg-study", storage=postgres_url)
     _check_exact(study, 100)
-    pids = {t.user_attrs["worker_pid"] for t in _searched(study)}
+    pids = {r.worker_pid for r in _searched(study)}
+    assert None not in pids
     print(f"\n4 workers x PostgreSQL: 100 trials in {elapsed:.1f} s, {len(pids)} workers ran trials")
     assert len(pids) >= 2
 
@@ -173,22 +177,25 @@ def test_kill_9_during_trials_then_resume(write_study, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        completed_before.update({t.number: t.user_attrs["metrics"] for t in study.get_trials()
-                                 if t.state.name == "COMPLETE" and not t.user_attrs.get("baseline")})
+        completed_before.update({r.number: dict(r.metrics) for r in read_all(study, [TrialState.COMPLETE])
+                                 if not r.baseline})
     result = runner.invoke(app, ["search", str(study_file), "--out", str(run_dir)])
     assert result.exit_code == 0, result.output
 
     study = optuna.load_study(study_name="tiny", storage=url)
     trials = study.get_trials()
-    complete = [t for t in _searched(study) if t.state.name == "COMPLETE"]
-    killed = [t for t in trials if t.state.name == "FAIL" and "fail_reason" not in t.user_attrs]
+    records = read_all(study)
+    complete = [r for r in records if r.state == TrialState.COMPLETE and not r.baseline]
+    # failed by Optuna's heartbeat (the worker was killed): no recorded reason, not counted
+    killed = [r for r in records if r.state == TrialState.FAIL and r.fail_reason is None]
     assert len(complete) == budget
-    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    assert not any(r.counted for r in killed)
+    assert not [r for r in records if r.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert 2 <= len(killed) <= kills
     retried_from = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
-    assert {t.number for t in killed} <= retried_from  # every killed trial was retried
+    assert {r.number for r in killed} <= retried_from  # every killed trial was retried
     for number, metrics in completed_before.items():  # nothing computed before a kill is lost
-        assert study.trials[number].user_attrs["metrics"] == metrics
+        assert read(study.trials[number]).metrics == metrics
     assert torch.load(run_dir / "baseline.pt", weights_only=True)
     leftovers = [p for p in run_dir.rglob("*.tmp") if p.stat().st_size and not p.name.startswith(".")]
     assert not leftovers
@@ -219,8 +226,8 @@ def test_out_of_memory_in_a_trial_is_recorded_and_the_study_goes_on(write_study,
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'study.db'}")
     failed = _searched(study)
-    assert len(failed) == 2 and all(t.state.name == "FAIL" for t in failed)
-    assert all("out of memory" in t.user_attrs["fail_reason"] for t in failed)
+    assert len(failed) == 2 and all(r.state == TrialState.FAIL for r in failed)
+    assert all("out of memory" in r.fail_reason and r.counted for r in failed)
     status = runner.invoke(app, ["status", str(run_dir)])
     assert "out of memory" in status.output
     sys.modules.pop("oom_models", None)

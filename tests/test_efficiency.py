@@ -1,17 +1,28 @@
-"""Pre-screening, multi-objective early stopping and warm starts."""
+"""Pre-screening, multi-objective early stopping, warm starts and the known-failure memory."""
 
 from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import replace
 
 import optuna
 import pytest
 import torch
 
+from autocompress.errors import FailureKey
+from autocompress.search import record
+from autocompress.search.early_stopping import early_stop_func
+from autocompress.search.prescreen import prescreen_func
+from autocompress.search.warm_start import RECIPES, enqueue_warm_starts, warm_start_params
 from autocompress.spec.config import spec_from_dict
-from autocompress.search.efficiency import (RECIPES, early_stop_func, enqueue_warm_starts, prescreen_func,
-                                     warm_start_params)
 from autocompress.spec.policy import Policy, PruningPolicy, QuantizationPolicy, RuntimePolicy
 from autocompress.spec.space import load_space
-from autocompress.trial.run import Stopped, TargetSettings, run_trial, structure_key
+from autocompress.training.loop import Epoch
+from autocompress.trial.context import KnownFailure, TargetSettings
+from autocompress.trial.plan import TrialPlan
+from autocompress.trial.result import Preview, Stopped
+from autocompress.trial.run import run_trial
 
 from conftest import tiny_study
 
@@ -20,145 +31,253 @@ def _spec(**overrides):
     return spec_from_dict(tiny_study(**overrides), "study.yaml")
 
 
-def _done(study, acc_curve, cheap, mode="none", policy=None):
+def _done(study, acc_curve, cheap, mode="none", policy=None, deployed=False):
+    """A finished trial as the storage holds it (the storage's attribute names)."""
     policy = policy or Policy(quantization=QuantizationPolicy(mode=mode))
     study.add_trial(optuna.trial.create_trial(
         values=[acc_curve[-1]] + [cheap.get("latency_ms", 1.0)] * (len(study.directions) - 1),
         user_attrs={"history": [{"epoch": i + 1, "val_accuracy": a} for i, a in enumerate(acc_curve)],
-                    "cheap_metrics": cheap, "policy": policy.to_dict(), "structure_key": structure_key(policy)}))
+                    "cheap_metrics": cheap, "preview_deployed": deployed, "policy": policy.to_dict(),
+                    "structure_key": TrialPlan(policy).structure_key}))
+
+
+def _row(epoch: int, val_accuracy: float) -> Epoch:
+    return Epoch(epoch=epoch, train_loss=0.5, val_accuracy=val_accuracy, lr=0.01)
+
+
+def _stop(policy=None):
+    return lambda spec, study, epochs=3: early_stop_func(spec, study, TrialPlan(policy or Policy()), epochs=epochs)
 
 
 def test_dominated_trial_is_stopped_and_others_are_kept():
     spec = _spec(early_stopping={"rule": "dominated", "grace_epochs": 1, "margin": 0.02})
     study = optuna.create_study(directions=spec.directions)
     _done(study, [0.90, 0.95, 0.97], {"latency_ms": 0.5, "size_mb": 1.0})
-    rule = early_stop_func(spec, study, Policy(), epochs=3)
+    assert record.read_all(study)[0].preview == Preview({"latency_ms": 0.5, "size_mb": 1.0}, deployed=False)
+    rule = _stop()(spec, study)
 
     # same cost, far lower accuracy at epoch 1 -> stopped, naming the dominating trial
-    reason = rule(1, {"val_accuracy": 0.50}, {"latency_ms": 0.5, "size_mb": 1.0})
-    assert reason and "dominated at epoch 1" in reason and "0" in reason
+    reason = rule(1, _row(1, 0.50), Preview({"latency_ms": 0.5, "size_mb": 1.0}))
+    assert reason and "dominated at epoch 1" in reason and "trial(s) 0 " in reason
     # within the margin -> kept
-    assert rule(1, {"val_accuracy": 0.89}, {"latency_ms": 0.5}) is None
+    assert rule(1, _row(1, 0.89), Preview({"latency_ms": 0.5})) is None
     # cheaper than every finished trial -> nothing dominates it, kept however bad it is
-    assert rule(1, {"val_accuracy": 0.10}, {"latency_ms": 0.1}) is None
+    assert rule(1, _row(1, 0.10), Preview({"latency_ms": 0.1})) is None
     # the last epoch is never cut (nothing left to save)
-    assert rule(3, {"val_accuracy": 0.10}, {"latency_ms": 0.5}) is None
+    assert rule(3, _row(3, 0.10), Preview({"latency_ms": 0.5})) is None
     # a different number format is not comparable
-    int8 = early_stop_func(spec, study, Policy(quantization=QuantizationPolicy(mode="static_int8")), epochs=3)
-    assert int8(1, {"val_accuracy": 0.10}, {"latency_ms": 0.5}) is None
+    int8 = _stop(Policy(quantization=QuantizationPolicy(mode="static_int8")))(spec, study)
+    assert int8(1, _row(1, 0.10), Preview({"latency_ms": 0.5})) is None
 
 
 def test_a_trial_in_another_runtime_does_not_dominate_on_latency():
-    # eager and ONNX Runtime share the structure's cheap (eager) latency, but not the final one
+    # eager and ONNX Runtime share the structure's float (eager) latency, but not the final one
     onnx = Policy(runtime=RuntimePolicy(backend="onnxruntime"))
     spec = _spec(early_stopping={"rule": "dominated", "margin": 0.02})       # accuracy + latency_ms
     study = optuna.create_study(directions=spec.directions)
     _done(study, [0.9, 0.95, 0.97], {"latency_ms": 0.5, "flops": 1e6})        # an eager trial
-    cheap = {"latency_ms": 0.5, "flops": 1e6}
-    assert early_stop_func(spec, study, onnx, epochs=3)(1, {"val_accuracy": 0.1}, cheap) is None
-    assert early_stop_func(spec, study, Policy(), epochs=3)(1, {"val_accuracy": 0.1}, cheap)
+    cheap = Preview({"latency_ms": 0.5, "flops": 1e6})
+    assert _stop(onnx)(spec, study)(1, _row(1, 0.1), cheap) is None
+    assert _stop()(spec, study)(1, _row(1, 0.1), cheap)
     # with FLOPs as the only cost, the runtime does not matter
     flops = _spec(early_stopping={"rule": "dominated", "margin": 0.02},
-                  objectives=[{"metric": "accuracy", "direction": "maximize"}, {"metric": "flops", "direction": "minimize"}])
-    assert early_stop_func(flops, study, onnx, epochs=3)(1, {"val_accuracy": 0.1}, cheap)
+                  objectives=[{"metric": "accuracy", "direction": "maximize"},
+                              {"metric": "flops", "direction": "minimize"}])
+    assert _stop(onnx)(flops, study)(1, _row(1, 0.1), cheap)
     # costs measured on both deployed forms (runtime included) are final: comparable across runtimes
     previewed = optuna.create_study(directions=spec.directions)
-    _done(previewed, [0.9, 0.95, 0.97], {"latency_ms": 0.5, "flops": 1e6, "deployed": 1.0})
-    rule = early_stop_func(spec, previewed, onnx, epochs=3)
-    assert rule(1, {"val_accuracy": 0.1}, {**cheap, "deployed": 1.0})
-    assert rule(1, {"val_accuracy": 0.1}, {**cheap, "deployed": 1.0, "latency_ms": 0.2}) is None  # faster
+    _done(previewed, [0.9, 0.95, 0.97], {"latency_ms": 0.5, "flops": 1e6}, deployed=True)
+    rule = _stop(onnx)(spec, previewed)
+    assert rule(1, _row(1, 0.1), Preview({"latency_ms": 0.5, "flops": 1e6}, deployed=True))
+    assert rule(1, _row(1, 0.1), Preview({"latency_ms": 0.2, "flops": 1e6}, deployed=True)) is None  # faster
+    # only one side deployed: not comparable across runtimes
+    assert rule(1, _row(1, 0.1), Preview({"latency_ms": 0.5, "flops": 1e6}, deployed=False)) is None
 
 
-def test_costs_the_structure_cannot_tell_need_the_same_structure():
-    # peak memory is not known before training: only the same structure, format and runtime compare
-    spec = _spec(early_stopping={"rule": "dominated", "margin": 0.02},
-                 objectives=[{"metric": "accuracy", "direction": "maximize"},
-                             {"metric": "peak_memory_mb", "direction": "minimize"}])
+@pytest.mark.parametrize("metric", ["peak_memory_mb", "throughput_sps"])
+def test_costs_the_structure_cannot_tell_need_the_same_structure(metric):
+    # peak memory and batch-N throughput are not known before training: only the same
+    # structure, format and runtime compare
+    from autocompress.errors import ConfigError
+    from autocompress.metrics.registry import why_unavailable
+
+    direction = "minimize" if metric == "peak_memory_mb" else "maximize"
+    overrides = {"early_stopping": {"rule": "dominated", "margin": 0.02},
+                 "objectives": [{"metric": "accuracy", "direction": "maximize"},
+                                {"metric": metric, "direction": direction}],
+                 "target": {"device": "cpu", "batch_size": 1, "threads": 1, "max_time_s": 0.05,
+                            "throughput_batch_size": 8}}
+    if (why := why_unavailable(metric, "cpu")) is not None:   # this machine cannot measure it: refused
+        with pytest.raises(ConfigError, match=f"{metric} cannot be measured on this machine"):
+            _spec(**overrides)
+        assert "clear_refs" in why
+        return
+    spec = _spec(**overrides)
     study = optuna.create_study(directions=spec.directions)
     pruned = Policy(pruning=PruningPolicy(method="structured", ratio=0.5))
     _done(study, [0.9, 0.95, 0.97], {"latency_ms": 0.5}, policy=pruned)
-    cheap = {"latency_ms": 0.6}
-    assert early_stop_func(spec, study, Policy(), epochs=3)(1, {"val_accuracy": 0.1}, cheap) is None
-    assert early_stop_func(spec, study, pruned, epochs=3)(1, {"val_accuracy": 0.1}, cheap)
+    cheap = Preview({"latency_ms": 0.6})
+    assert _stop()(spec, study)(1, _row(1, 0.1), cheap) is None
+    assert _stop(pruned)(spec, study)(1, _row(1, 0.1), cheap)
 
 
 def test_grace_epochs_and_rule_none():
     spec = _spec(early_stopping={"rule": "dominated", "grace_epochs": 2})
     study = optuna.create_study(directions=spec.directions)
     _done(study, [0.9, 0.95, 0.97], {"latency_ms": 0.5})
-    rule = early_stop_func(spec, study, Policy(), epochs=3)
-    assert rule(1, {"val_accuracy": 0.1}, {"latency_ms": 0.5}) is None
-    assert rule(2, {"val_accuracy": 0.1}, {"latency_ms": 0.5})
-    assert early_stop_func(_spec(early_stopping="none"), study, Policy(), epochs=3) is None
+    rule = _stop()(spec, study)
+    assert rule(1, _row(1, 0.1), Preview({"latency_ms": 0.5})) is None
+    assert rule(2, _row(2, 0.1), Preview({"latency_ms": 0.5}))
+    assert _stop()(_spec(early_stopping="none"), study) is None
+    # a structure that still changes while training is never stopped early
+    assert _stop(Policy(pruning=PruningPolicy(method="gradual")))(spec, study) is None
 
 
 def test_prescreen_only_uses_metrics_that_are_final():
     spec = _spec(constraints=["params <= 1000", "latency_ms <= 0.1"])
-    check = prescreen_func(spec, Policy())
-    assert "params" in check({"params": 5000, "latency_ms": 0.05})
-    assert check({"params": 500, "latency_ms": 0.05}) is None
+    check = prescreen_func(spec, TrialPlan(Policy()))
+    assert "params" in check(Preview({"params": 5000, "latency_ms": 0.05}))
+    assert check(Preview({"params": 500, "latency_ms": 0.05})) is None
     # int8 through ONNX Runtime: its latency was measured on that deployed form, so it is final
-    q = prescreen_func(spec, Policy(quantization=QuantizationPolicy(mode="static_int8"),
-                                    runtime=RuntimePolicy(backend="onnxruntime")))
-    assert "latency_ms" in q({"params": 500, "latency_ms": 9.0})
+    q = prescreen_func(spec, TrialPlan(Policy(quantization=QuantizationPolicy(mode="static_int8"),
+                                              runtime=RuntimePolicy(backend="onnxruntime"))))
+    assert "latency_ms" in q(Preview({"params": 500, "latency_ms": 9.0}, deployed=True))
     # torch.compile is not previewed (compiling costs tens of seconds): only params can be judged
-    c = prescreen_func(spec, Policy(runtime=RuntimePolicy(backend="compile")))
-    assert c({"params": 500, "latency_ms": 9.0}) is None and "params" in c({"params": 5000, "latency_ms": 9.0})
+    c = prescreen_func(spec, TrialPlan(Policy(runtime=RuntimePolicy(backend="compile"))))
+    assert c(Preview({"params": 500, "latency_ms": 9.0})) is None
+    assert "params" in c(Preview({"params": 5000, "latency_ms": 9.0}))
     # gradual pruning changes the structure during training: nothing is final
-    assert prescreen_func(spec, Policy(pruning=PruningPolicy(method="gradual"))) is None
+    assert prescreen_func(spec, TrialPlan(Policy(pruning=PruningPolicy(method="gradual")))) is None
+
+
+def _spy_measurements(monkeypatch):
+    """Record what ``trial.measure`` times (the module's class and parameter dtype) and the
+    runtimes it builds, in call order: the preview's come first, then the final ones."""
+    import autocompress.trial.measure as measure
+
+    timed, built = [], []
+    real_latency, real_build = measure.measure_latency, measure.build_runtime
+
+    def latency(module, *args, **kwargs):
+        dtype = next((p.dtype for p in module.parameters()), None)
+        timed.append((type(module).__name__, dtype, kwargs.get("batch_size")))
+        return real_latency(module, *args, **kwargs)
+
+    def build(*args, **kwargs):
+        runtime = real_build(*args, **kwargs)
+        built.append(runtime)
+        return runtime
+
+    monkeypatch.setattr(measure, "measure_latency", latency)
+    monkeypatch.setattr(measure, "build_runtime", build)
+    return timed, built
+
+
+def _archive(artifact: bytes) -> dict[str, int]:
+    """A TorchScript archive's entries and their stored sizes."""
+    return {i.filename: i.compress_size for i in zipfile.ZipFile(io.BytesIO(artifact)).infolist()}
+
+
+def _tensors(entries: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in entries.items() if k.startswith("archive/constants")}
+
+
+def _code(artifact: bytes) -> str:
+    z = zipfile.ZipFile(io.BytesIO(artifact))
+    return "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".py"))
 
 
 @pytest.mark.parametrize("mode, backend", [("none", "eager"), ("static_int8", "torchscript"),
                                            ("qat_int8", "onnxruntime"), ("fp16", "eager")])
-def test_cheap_metrics_preview_the_deployed_form(digits_ctx, mode, backend):
+def test_the_preview_is_the_deployed_form(digits_ctx, monkeypatch, mode, backend):
     """Latency and size before training are those of the deployed form (number format and
-    runtime of the untrained compressed model): the trial's final size, and its latency."""
+    runtime of the untrained compressed model): the preview is marked deployed, timed on the
+    same runtime and format as the final measurement, its size is the final artifact's size,
+    it is cached under the plan's cost key, and the prescreen decides on it."""
     policy = Policy(pruning=PruningPolicy(method="structured", ratio=0.5), quantization=QuantizationPolicy(mode=mode),
                     runtime=RuntimePolicy(backend=backend))
+    plan = TrialPlan(policy)
+    timed, built = _spy_measurements(monkeypatch)
     result = run_trial(policy, digits_ctx)
-    cheap, final = result.cheap_metrics, result.metrics
-    assert cheap["deployed"] == 1.0
-    assert cheap["size_mb"] == pytest.approx(final["size_mb"], rel=0.01)      # same tensors, other values
-    assert cheap["flops"] == final["flops"] and cheap["params"] == final["params"]
-    # measured twice on a shared CPU: same order (the float model run eagerly is 5x off for int8 + TorchScript)
-    assert final["latency_ms"] / 3 <= cheap["latency_ms"] <= 3 * final["latency_ms"]
+    preview, final = result.preview, result.metrics
+    assert plan.previews_deployment and preview.deployed
+    assert preview.metrics["flops"] == final["flops"] and preview.metrics["params"] == final["params"]
+
+    # timed twice (preview, then final), both times on the deployed form: same runtime module, same dtype
+    assert len(timed) == 2 and timed[0] == timed[1], timed
+    assert timed[0][1] in ((torch.float16,) if mode == "fp16" else (torch.float32, None))
+
+    # sized like the final model: the same state dict, or the runtime's artifact of the same tensors
+    if backend == "eager":
+        assert built == [] or all(r.artifact is None for r in built)
+        assert preview.metrics["size_mb"] == final["size_mb"]
+    else:
+        assert len(built) == 2
+        first, last = (r.artifact for r in built)
+        assert first is not None and last is not None
+        assert preview.metrics["size_mb"] == len(first) / 1e6 and final["size_mb"] == len(last) / 1e6
+        if backend == "onnxruntime":
+            assert preview.metrics["size_mb"] == final["size_mb"]
+            assert b"QuantizeLinear" in first and b"QuantizeLinear" in last
+        else:
+            a, b = _archive(first), _archive(last)
+            assert _tensors(a) == _tensors(b) and _tensors(a)
+            # the archives differ only in their code records (TorchScript keeps the Python call
+            # stack of the trace as debug info; see the report)
+            code_bytes = sum(v for k, v in b.items() if k.startswith("archive/code/") or k == "archive/data.pkl")
+            assert abs(len(first) - len(last)) <= code_bytes
+            assert "quantized" in _code(first) and "quantized" in _code(last)
     if mode != "none":   # not the float model's size (on a model this small, headers weigh much)
-        assert cheap["size_mb"] < 0.9 * structure_size(digits_ctx, policy)
+        assert preview.metrics["size_mb"] < 0.9 * structure_size(digits_ctx, policy)
+
+    # cached under the plan's cost key, which names the runtime and the number format
+    assert plan.runtime_key in plan.cost_key
+    assert digits_ctx.previews == {plan.cost_key: preview}
+    # and the prescreen judges that very preview: a second trial stops on it before compressing
+    seen = []
+    again = replace(digits_ctx, prescreen=lambda p: seen.append(p) or "too big")
+    with pytest.raises(Stopped, match=r"too big \(cached\)") as err:
+        run_trial(policy, again)
+    assert seen == [preview] and err.value.preview is preview and len(timed) == 2
 
 
 def structure_size(ctx, policy):
-    from autocompress.metrics.size import size_mb
-    from autocompress.compress import build_techniques
+    import copy
 
-    model = __import__("copy").deepcopy(ctx.teacher)
-    for t in build_techniques(Policy(pruning=policy.pruning), ctx):
+    from autocompress.compress import pipeline
+    from autocompress.metrics.size import size_mb
+
+    model = copy.deepcopy(ctx.teacher)
+    for t in pipeline(Policy(pruning=policy.pruning)).build(ctx):
         model = t.compress(model)
     return size_mb(model)
 
 
 def test_prescreen_ends_the_trial_before_any_optimizer_step(digits_ctx, monkeypatch):
-    import torch
-
     steps = []
     monkeypatch.setattr(torch.optim.Optimizer, "zero_grad", lambda self, *a, **k: steps.append(1))
-    digits_ctx.prescreen = lambda cheap: "too many params" if cheap["params"] > 10 else None
+    ctx = replace(digits_ctx, prescreen=lambda p: "too many params" if p.metrics["params"] > 10 else None)
     with pytest.raises(Stopped) as err:
-        run_trial(Policy(), digits_ctx)
-    assert err.value.stage == "prescreen" and err.value.metrics["params"] > 10
+        run_trial(Policy(), ctx)
+    assert err.value.stage == "prescreen" and err.value.preview.metrics["params"] > 10
+    assert err.value.history == ()
     assert steps == []
-    # the second time the cached cheap metrics decide, before compressing anything
-    with pytest.raises(Stopped, match="cached"):
-        run_trial(Policy(), digits_ctx)
+    # the second time the cached preview decides, before compressing anything
+    with pytest.raises(Stopped, match="cached") as again:
+        run_trial(Policy(), ctx)
+    assert again.value.preview is err.value.preview and steps == []
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cheap_and_final_latency_on_a_cuda_target(digits_ctx):
-    digits_ctx.target = TargetSettings(device="cuda", max_time_s=0.05)
-    result = run_trial(Policy(pruning=PruningPolicy(method="structured", ratio=0.5)), digits_ctx)
-    assert result.cheap_metrics["latency_ms"] > 0
+def test_preview_and_final_latency_on_a_cuda_target(digits_ctx, monkeypatch):
+    timed, _ = _spy_measurements(monkeypatch)
+    ctx = replace(digits_ctx, target=TargetSettings(device="cuda", max_time_s=0.05))
+    result = run_trial(Policy(pruning=PruningPolicy(method="structured", ratio=0.5)), ctx)
+    assert result.preview.deployed and result.preview.metrics["latency_ms"] > 0
     assert result.metrics["latency_ms"] > 0
-    assert result.measured_on["device"] == "cuda"
+    assert result.measured_on.device == "cuda"
+    assert [t[0] for t in timed] == ["Sequential", "Sequential"]
 
 
 def test_prescreened_trials_are_pruned_in_the_study(write_study, tmp_path):
@@ -170,10 +289,13 @@ def test_prescreened_trials_are_pruned_in_the_study(write_study, tmp_path):
     result = CliRunner().invoke(app, ["search", str(study_file), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
-    searched = [t for t in study.get_trials() if not t.user_attrs.get("baseline")]
-    assert [t.state.name for t in searched] == ["PRUNED", "PRUNED"]
-    assert all("params" in t.user_attrs["prescreened"] and t.user_attrs["epochs_run"] == 0 for t in searched)
-    assert all(t.constraints["0"] > 0 for t in searched)  # the sampler sees the violation
+    searched = [r for r in record.read_all(study) if not r.baseline]
+    assert [r.state.name for r in searched] == ["PRUNED", "PRUNED"]
+    for r in searched:
+        assert r.stop is not None and r.stop.stage == "prescreen" and "params" in r.stop.reason
+        assert r.epochs_run == 0 and r.history == ()
+        assert r.preview is not None and r.preview.metrics["params"] > 100
+        assert r.constraints[0] > 0  # the sampler sees the violation
 
 
 SPACE = {
@@ -206,16 +328,17 @@ def test_warm_starts_come_first_and_are_marked():
     assert n == len(RECIPES) + 1
     assert enqueue_warm_starts(study, spec, spec.load_space(), lambda m: None) == 0  # once per study
     space = spec.load_space()
-    first = []
+    policies = []
     for _ in range(n):
         trial = study.ask()
-        first.append((trial.user_attrs["warm_start"], space.sample(trial)))
+        policies.append(space.sample(trial))
         study.tell(trial, [0.0, 0.0])
-    names = [name for name, _ in first]
+    names = [r.warm_start for r in record.read_all(study)]
     assert names[:len(RECIPES)] == list(RECIPES) and names[-1] == "user-0"
-    policy = dict(first)["structured-l1-50+static-int8+kd-t4"]
+    first = dict(zip(names, policies))
+    policy = first["structured-l1-50+static-int8+kd-t4"]
     assert policy.pruning.method == "structured" and policy.quantization.mode == "static_int8"
-    assert dict(first)["user-0"].pruning.ratio == 0.3
+    assert first["user-0"].pruning.ratio == 0.3
 
 
 def test_bad_warm_start_policy_is_a_config_error():
@@ -225,44 +348,108 @@ def test_bad_warm_start_policy_is_a_config_error():
         _spec(warm_start={"policies": [{"prunning": {}}]})
 
 
-def test_a_known_runtime_failure_ends_later_trials_before_training(write_study, tmp_path, monkeypatch):
-    """dynamic int8 has no ONNX export: the first such trial finds it after fine-tuning, the
-    next ones end before any training step, with its reason; a resumed study remembers."""
+DYNAMIC_ORT = FailureKey("onnxruntime:dynamic_int8/per-channel",
+                         (("runtime.backend", "onnxruntime"), ("quantization.mode", "dynamic_int8"),
+                          ("quantization.per_channel", True)))
+
+
+def _search(study_file, run_dir):
     from typer.testing import CliRunner
 
     from autocompress.cli import app
-    from autocompress.search.efficiency import ATTR_KNOWN_AS, load_known_failures
+
+    result = CliRunner().invoke(app, ["search", str(study_file), "--out", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'study.db'}")
+    return [r for r in record.read_all(study) if not r.baseline]
+
+
+def test_a_known_runtime_failure_ends_later_trials_before_training(write_study, tmp_path):
+    """dynamic int8 has no ONNX export: the first such trial finds it after fine-tuning and
+    records the key with its knobs; every knob is fixed, so the sampler cannot avoid it and
+    the next trials end before any training, with its reason; a resumed study remembers."""
+    from autocompress.search.memory import load_failures
 
     space = {"quantization": {"mode": "dynamic_int8"}, "runtime": {"backend": "onnxruntime"},
              "training": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}}}
     study_file = write_study(search_space=space, model={"builtin": "mlp", "kwargs": {"hidden": 16, "depth": 1}},
                              budget={"trials": 3, "epochs": 1, "train_fraction": 0.2},
                              warm_start={"recipes": False})
-    assert CliRunner().invoke(app, ["search", str(study_file), "--out", str(tmp_path / "run")]).exit_code == 0
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
-    first, *later = [t for t in study.get_trials() if not t.user_attrs.get("baseline")]
-    assert first.state.name == "FAIL" and "does not run int8 torch.ao models" in first.user_attrs["fail_reason"]
+    first, *later = _search(study_file, tmp_path / "run")
+    assert first.state.name == "FAIL" and "does not run int8 torch.ao models" in first.fail_reason
+    assert first.known_as == DYNAMIC_ORT
+    assert "ended before training" not in first.fail_reason
     assert len(later) == 2
-    for t in later:
-        assert t.state.name == "FAIL" and t.user_attrs[ATTR_KNOWN_AS] == first.user_attrs[ATTR_KNOWN_AS]
-        assert f"as trial {first.number} found; ended before training" in t.user_attrs["fail_reason"]
-    assert load_known_failures(study) == {
-        "onnxruntime:dynamic_int8/per-channel": later[0].user_attrs["fail_reason"]}
+    for r in later:
+        assert r.state.name == "FAIL" and r.known_as == first.known_as
+        assert r.fail_reason.startswith(first.fail_reason)
+        assert f"as trial {first.number} found; ended before training" in r.fail_reason
+        assert r.epochs_run is None and r.history == ()
+    assert load_failures(record.read_all(optuna.load_study(
+        study_name="tiny", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}"))) == {
+        DYNAMIC_ORT.key: KnownFailure(DYNAMIC_ORT.knobs, later[0].fail_reason)}
+
+
+def test_the_search_stops_proposing_a_known_runtime_failure(write_study, tmp_path):
+    """The same failure where the format is searched: the first trial (a warm start) meets
+    it; the sampler then stops proposing that format with that runtime, so no later trial
+    spends its budget slot on it."""
+    space = {"runtime": {"backend": "onnxruntime"},
+             "quantization": {"mode": {"choices": ["none", "dynamic_int8"]}},
+             "training": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}}}
+    study_file = write_study(search_space=space, model={"builtin": "mlp", "kwargs": {"hidden": 16, "depth": 1}},
+                             budget={"trials": 4, "epochs": 1, "train_fraction": 0.2},
+                             warm_start={"recipes": False, "policies": [{"quantization": {"mode": "dynamic_int8"}}]})
+    first, *later = _search(study_file, tmp_path / "run")
+    assert first.warm_start == "user-0" and first.params["quantization.mode"] == "dynamic_int8"
+    assert first.state.name == "FAIL" and first.known_as == DYNAMIC_ORT
+    assert len(later) == 3
+    for r in later:
+        assert r.params["quantization.mode"] == "none" and r.state.name == "COMPLETE", r
+
+
+@pytest.mark.parametrize("order", ["fixed runtime first", "fixed runtime last"])
+def test_the_sampler_avoids_learned_knob_combinations(order):
+    """``CompatibleSampler`` does not complete a combination a learned rule forbids, whichever
+    order the study file declares the knobs in (a fixed knob's value is known before sampling)."""
+    from autocompress.search.sampler import Rule, make_sampler
+
+    quant, runtime = {"mode": {"choices": ["none", "dynamic_int8"]}}, {"backend": "onnxruntime"}
+    space_raw = ({"runtime": runtime, "quantization": quant} if order == "fixed runtime first"
+                 else {"quantization": quant, "runtime": runtime})
+    spec = _spec(search_space=space_raw)
+    space = spec.load_space()
+
+    def proposed(rules):
+        study = optuna.create_study(directions=spec.directions, sampler=make_sampler(spec, space, lambda: rules))
+        modes = []
+        for _ in range(12):
+            trial = study.ask()
+            modes.append(space.sample(trial).quantization.mode)
+            study.tell(trial, [0.0, 0.0])
+        return modes
+
+    assert "dynamic_int8" in proposed([])      # the seeded sampler proposes it when nothing forbids it
+    assert set(proposed([Rule(DYNAMIC_ORT.knobs, "no ONNX export")])) == {"none"}
 
 
 def test_known_failures_end_the_trial_before_any_optimizer_step(digits_ctx, monkeypatch):
-    import torch
-
     from autocompress.errors import TrialFailed
-    from autocompress.trial.run import runtime_key
 
     steps = []
     monkeypatch.setattr(torch.optim.Optimizer, "zero_grad", lambda self, *a, **k: steps.append(1))
-    bf16_ort = Policy(quantization=QuantizationPolicy(mode="bf16"), runtime=RuntimePolicy(backend="onnxruntime"))
-    digits_ctx.known_failures = {runtime_key(bf16_ort): "no bf16 Conv (as trial 3 found; ended before training)"}
+    bf16_ort = TrialPlan(Policy(quantization=QuantizationPolicy(mode="bf16"),
+                                runtime=RuntimePolicy(backend="onnxruntime")))
+    reason = "no bf16 Conv (as trial 3 found; ended before training)"
+    ctx = replace(digits_ctx, failures={bf16_ort.runtime_key: KnownFailure(bf16_ort.failure_key.knobs, reason)})
     with pytest.raises(TrialFailed, match="as trial 3 found") as err:
-        run_trial(bf16_ort, digits_ctx)
-    assert err.value.known_as == "onnxruntime:bf16" and steps == []
+        run_trial(bf16_ort.policy, ctx)
+    assert err.value.reason == reason and steps == []
+    assert err.value.known_as == FailureKey("onnxruntime:bf16", (("runtime.backend", "onnxruntime"),
+                                                                 ("quantization.mode", "bf16")))
     # another format or runtime is not affected
-    assert runtime_key(Policy(quantization=QuantizationPolicy(mode="fp16"), runtime=RuntimePolicy(backend="onnxruntime"))) \
-        not in digits_ctx.known_failures
+    fp16_ort = TrialPlan(Policy(quantization=QuantizationPolicy(mode="fp16"),
+                                runtime=RuntimePolicy(backend="onnxruntime")))
+    assert fp16_ort.runtime_key not in ctx.failures
+    bf16_eager = TrialPlan(Policy(quantization=QuantizationPolicy(mode="bf16")))
+    assert bf16_eager.runtime_key not in ctx.failures

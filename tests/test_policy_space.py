@@ -9,6 +9,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from autocompress.errors import ConfigError
 from autocompress.spec.policy import Policy, PruningPolicy, QuantizationPolicy
 from autocompress.spec.space import load_space
+from autocompress.trial.plan import describe
 
 SPACE = {
     "pruning": {
@@ -66,7 +67,7 @@ def test_policy_round_trips_flat_and_yaml():
                quantization=QuantizationPolicy(mode="static_int8", calibration_batches=3))
     assert Policy.from_flat(p.to_flat()) == p
     assert Policy.from_yaml(p.to_yaml()) == p
-    assert "structured" in p.describe() and "static_int8" in p.describe()
+    assert "structured" in describe(p) and "static_int8" in describe(p)
 
 
 def test_space_to_dict_reloads_identically():

@@ -4,6 +4,7 @@ schedule really followed, and models NNI cannot shrink end the trial with a reas
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -11,14 +12,17 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from autocompress.compress import pipeline
+from autocompress.compress.pruning import scheduled_ratio, select
+from autocompress.compress.pruning.plan import out_widths, zero_fraction
 from autocompress.errors import TrialFailed
+from autocompress.metrics.accuracy import evaluate
 from autocompress.metrics.flops import count_flops
 from autocompress.metrics.size import count_params
 from autocompress.spec.policy import Policy, PruningPolicy, QuantizationPolicy
-from autocompress.compress.pruning import build, scheduled_ratio
-from autocompress.compress.pruning_nni import out_widths, zero_fraction
-from autocompress.trial.run import TrialContext
-from autocompress.zoo.data import DataBundle
+from autocompress.training.loop import FitPlan, fine_tune
+from autocompress.trial.context import TrialContext
+from autocompress.zoo.data import DataBundle, make_loader
 from autocompress.zoo.models import create_model, torchvision_model
 
 # digits_cnn(width=8): prunable layers in module order; "0" (first conv) and "21" (classifier)
@@ -28,6 +32,12 @@ DIGITS_TARGETS = ["3", "7", "10", "14", "19"]
 
 def pruning(**knobs) -> Policy:
     return Policy(pruning=PruningPolicy(**knobs))
+
+
+def build(policy: Policy, ctx: TrialContext):
+    """The pruning technique ``policy`` turns on, built for ``ctx`` (None without pruning)."""
+    cls = select(policy)
+    return None if cls is None else cls(policy, ctx, pipeline(policy))
 
 
 def student(ctx: TrialContext) -> nn.Module:
@@ -42,10 +52,8 @@ def random_ctx(model: nn.Module, shape: tuple[int, ...], *, classes: int = 10, n
 
 
 def finetune(model: nn.Module, ctx: TrialContext, policy: Policy, technique) -> None:
-    from autocompress.training.loop import fine_tune
-
-    fine_tune(model, ctx.data.train, ctx.data.val, policy, epochs=ctx.epochs, device=ctx.device,
-              seed=0, techniques=[technique])
+    fine_tune(model, ctx.data.train, ctx.data.val, policy,
+              FitPlan(epochs=ctx.epochs, device=ctx.device, seed=0, techniques=(technique,)))
 
 
 # -- structured ---------------------------------------------------------------------------------
@@ -228,8 +236,7 @@ def test_weight_masks_follow_the_model_through_qat_preparation(digits_ctx):
 # -- gradual ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("schedule", ["agp", "linear"])
 def test_gradual_follows_the_schedule_then_shrinks(digits_ctx, schedule):
-    ctx = copy.copy(digits_ctx)
-    ctx.epochs = 4
+    ctx = dataclasses.replace(digits_ctx, epochs=4)
     policy = pruning(method="gradual", ratio=0.5, schedule=schedule)
     model = student(ctx)
     widths0 = out_widths(model)
@@ -264,14 +271,18 @@ def test_gradual_stopped_early_still_reaches_the_target(digits_ctx):
     assert out_widths(model)["14"] == 16
 
 
-def test_gradual_with_qat_is_refused_with_a_reason(digits_ctx):
+def test_gradual_with_qat_is_refused_with_a_reason(digits_ctx, monkeypatch):
+    from autocompress.trial import run
+
     policy = Policy(pruning=PruningPolicy(method="gradual"), quantization=QuantizationPolicy(mode="qat_int8"))
-    with pytest.raises(TrialFailed, match="qat_int8"):
-        build(policy, digits_ctx)
+    assert "qat_int8" in pipeline(policy).conflict()   # declared: the structure changes after QAT's rewrite
+    monkeypatch.setattr(run, "_compress", lambda *a, **k: pytest.fail("a refused trial must not compress"))
+    with pytest.raises(TrialFailed, match="gradual pruning cannot be combined with qat_int8"):
+        run.run_trial(policy, digits_ctx)
 
 
 def test_no_pruning_builds_nothing(digits_ctx):
-    assert build(Policy(), digits_ctx) is None
+    assert select(Policy()) is None and pipeline(Policy()).build(digits_ctx) == []
     technique = build(pruning(method="structured", ratio=0.0), digits_ctx)
     model = technique.compress(student(digits_ctx))
     assert out_widths(model) == out_widths(digits_ctx.teacher) and technique.proof()["pruning"]["sparsity"] == 0.0
@@ -291,5 +302,15 @@ def test_run_trial_structured_on_digits(digits_ctx):
     teacher_params = count_params(digits_ctx.teacher)[0]
     assert result.metrics["params"] < 0.5 * teacher_params
     assert result.proof["pruning"]["channels_kept"]["14"] == [32, 16]
-    assert 0.0 <= result.metrics["accuracy"] <= 1.0
     assert result.model is not None and result.model(digits_ctx.example_batch(2)).shape == (2, 10)
+    # the measured model is the shrunk one: its widths are the proof's, its counts the metrics'
+    widths = out_widths(result.model)
+    assert {n: widths[n] for n in DIGITS_TARGETS} == {
+        n: kept[1] for n, kept in result.proof["pruning"]["channels_kept"].items()}
+    assert result.metrics["params"] == count_params(result.model)[0] == result.proof["pruning"]["params_after"]
+    x = digits_ctx.example_batch(2)
+    assert result.metrics["flops"] == count_flops(result.model, x) < 0.5 * count_flops(digits_ctx.teacher, x)
+    # accuracy is that of this model on the validation split
+    val = make_loader(digits_ctx.data.val, 256, shuffle=False)
+    assert result.metrics["accuracy"] == pytest.approx(evaluate(result.model, val, "cpu"))
+    assert [row.epoch for row in result.history] == [1]

@@ -138,9 +138,13 @@ def test_stopped_early_trials_show_their_reason():
     from optuna.trial import TrialState, create_trial
 
     from autocompress.report.data import failures, trials_frame
+    from autocompress.search.record import Stop, read_all
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.add_trial(create_trial(state=TrialState.PRUNED,
                                  user_attrs={"stopped_early": "dominated at epoch 1: val accuracy 0.5"}))
-    assert failures(study)[0]["reason"] == "dominated at epoch 1: val accuracy 0.5"
-    assert trials_frame(study).loc[0, "reason"] == "dominated at epoch 1: val accuracy 0.5"
+    records = read_all(study)
+    assert records[0].stop == Stop("early_stopping", "dominated at epoch 1: val accuracy 0.5")
+    assert failures(records)[0]["reason"] == "dominated at epoch 1: val accuracy 0.5"
+    frame = trials_frame(records, pareto_front(study, records))
+    assert frame.loc[0, "reason"] == "dominated at epoch 1: val accuracy 0.5"

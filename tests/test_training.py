@@ -16,7 +16,7 @@ from torch.utils.data import TensorDataset
 
 from autocompress.errors import TrialFailed
 from autocompress.spec.policy import AugmentationPolicy, Policy, TrainingPolicy
-from autocompress.training.loop import fine_tune
+from autocompress.training.loop import Epoch, FitPlan, fine_tune
 from autocompress.training.optim import build_optimizer, build_scheduler, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,10 +120,11 @@ def test_the_loop_steps_the_schedule_per_step():
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(40, 4), torch.randint(0, 3, (40,)))
     policy = Policy(training=TrainingPolicy(optimizer="sgd", lr=BASE, schedule="cosine", batch_size=10))
-    fit = fine_tune(nn.Linear(4, 3), data, data, policy, epochs=2, device=CPU, seed=0)
+    fit = fine_tune(nn.Linear(4, 3), data, data, policy, FitPlan(epochs=2, device=CPU, seed=0))
     assert fit.steps == 8
+    assert [type(row) for row in fit.history] == [Epoch, Epoch] and [row.epoch for row in fit.history] == [1, 2]
     # the LR recorded after epoch 1 is the one step 4 of 8 uses: half way down the cosine
-    assert fit.history[0]["lr"] == pytest.approx(BASE / 2)
+    assert fit.history[0].lr == pytest.approx(BASE / 2)
 
 
 # -- optimizers, weight decay, clipping -------------------------------------------------------
@@ -172,7 +173,7 @@ def test_gradient_clipping_bounds_the_update():
         before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
         policy = Policy(training=TrainingPolicy(optimizer="sgd", momentum=0.0, lr=1.0, grad_clip=clip,
                                                 batch_size=16))
-        fine_tune(model, data, data, policy, epochs=1, device=CPU, seed=0)
+        fine_tune(model, data, data, policy, FitPlan(epochs=1, device=CPU, seed=0))
         return float((torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm())
 
     assert update_norm(0.0) > 1.0
@@ -192,7 +193,7 @@ def test_label_smoothing_reaches_the_loss():
 
     def train_loss(s: float) -> float:   # lr = 0: the model stays put, the loss is the closed form
         policy = Policy(training=TrainingPolicy(lr=0.0, label_smoothing=s, batch_size=8))
-        return fine_tune(model, data, data, policy, epochs=1, device=CPU, seed=0).history[0]["train_loss"]
+        return fine_tune(model, data, data, policy, FitPlan(epochs=1, device=CPU, seed=0)).history[0].train_loss
 
     assert train_loss(0.0) == pytest.approx(float(nll.mean()), rel=1e-5)
     assert train_loss(0.3) == pytest.approx(float((0.7 * nll + 0.3 * uniform).mean()), rel=1e-5)
@@ -203,11 +204,29 @@ def test_label_smoothing_applies_to_mixup_soft_targets(digits_bundle):
     from autocompress.training.augment import build_batch_transform
 
     aug = AugmentationPolicy(mix="mixup", mix_prob=1.0, mix_alpha=0.4)
-    policy = Policy(training=TrainingPolicy(lr=1e-3, label_smoothing=0.1, batch_size=64))
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    fit = fine_tune(model, digits_bundle.train, digits_bundle.val, policy, epochs=1, device=CPU, seed=0,
-                    batch_transform=build_batch_transform(aug, digits_bundle, seed=0))
-    assert math.isfinite(fit.history[0]["train_loss"])
+    mix, seen = build_batch_transform(aug, digits_bundle, seed=0), []
+
+    def keep(x, y):
+        x, target = mix(x, y)
+        seen.append((x, target))
+        return x, target
+
+    # lr = 0: the model stays put, the loss is the closed form on the soft targets it trained on
+    policy = Policy(training=TrainingPolicy(lr=0.0, label_smoothing=0.3, batch_size=64))
+    fit = fine_tune(model, digits_bundle.train, digits_bundle.val, policy,
+                    FitPlan(epochs=1, device=CPU, seed=0, batch_transform=keep))
+    assert len(seen) == fit.steps and all(((t > 0).sum(dim=1) == 2).any() for _, t in seen)   # mixed targets
+    with torch.no_grad():
+        x, target = torch.cat([b[0] for b in seen]), torch.cat([b[1] for b in seen])
+        logp = torch.log_softmax(model(x), dim=1)
+
+    def cross_entropy(t: torch.Tensor) -> float:
+        return float(-(t * logp).sum(dim=1).mean())
+
+    assert fit.history[0].train_loss == pytest.approx(cross_entropy(0.7 * target + 0.3 / 10), rel=1e-5)
+    assert fit.history[0].train_loss != pytest.approx(cross_entropy(target), rel=1e-4)   # not the unsmoothed loss
 
 
 # -- dropout before the classifier ----------------------------------------------------------
@@ -216,19 +235,28 @@ def dropout_policy(p: float = 0.5, **parts) -> Policy:
     return Policy(training=TrainingPolicy(dropout=p, lr=3e-3), **parts)
 
 
-def test_no_dropout_technique_at_rate_zero(digits_ctx):
-    from autocompress.compress import regularization
+def dropout_technique(p: float, ctx):
+    """The classifier-dropout technique, built as run_trial builds it (the policy's only technique)."""
+    from autocompress.compress import pipeline
 
-    assert regularization.build(Policy(), digits_ctx) is None
-    assert regularization.build(dropout_policy(0.2), digits_ctx) is not None
+    (tech,) = pipeline(dropout_policy(p)).build(ctx)
+    return tech
+
+
+def test_no_dropout_technique_at_rate_zero(digits_ctx):
+    from autocompress.compress import pipeline, regularization
+
+    assert regularization.select(Policy()) is None and pipeline(Policy()).build(digits_ctx) == []
+    assert regularization.select(dropout_policy(0.2)) is regularization.ClassifierDropout
+    assert type(dropout_technique(0.2, digits_ctx)) is regularization.ClassifierDropout
 
 
 def test_dropout_reaches_the_model_and_is_removed_after(digits_ctx, digits_bundle):
-    from autocompress.compress.regularization import DropoutBefore, build
+    from autocompress.compress.regularization import DropoutBefore
 
     model = copy.deepcopy(digits_ctx.teacher).requires_grad_(True)
     keys = list(model.state_dict())
-    tech = build(dropout_policy(0.5), digits_ctx)
+    tech = dropout_technique(0.5, digits_ctx)
     model = tech.before_finetune(model)
     wrapped = [m for m in model.modules() if isinstance(m, DropoutBefore)]
     assert len(wrapped) == 1 and wrapped[0].dropout.p == 0.5
@@ -236,8 +264,8 @@ def test_dropout_reaches_the_model_and_is_removed_after(digits_ctx, digits_bundl
 
     calls: list[bool] = []
     wrapped[0].dropout.register_forward_hook(lambda m, i, o: calls.append(m.training))
-    fit = fine_tune(model, digits_ctx.data.train, digits_ctx.data.val, dropout_policy(0.5), epochs=1,
-                    device=CPU, seed=0, techniques=[tech])
+    fit = fine_tune(model, digits_ctx.data.train, digits_ctx.data.val, dropout_policy(0.5),
+                    FitPlan(epochs=1, device=CPU, seed=0, techniques=[tech]))
     assert calls.count(True) == fit.steps          # active at every training step
     assert set(calls) == {True, False}             # and off during validation
 
@@ -257,10 +285,8 @@ def test_dropout_reaches_the_model_and_is_removed_after(digits_ctx, digits_bundl
 
 
 def test_existing_dropout_before_the_classifier_gets_the_rate(digits_ctx):
-    from autocompress.compress.regularization import build
-
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 10))
-    tech = build(dropout_policy(0.4), digits_ctx)
+    tech = dropout_technique(0.4, digits_ctx)
     model = tech.before_finetune(model)
     assert model[3].p == 0.4 and sum(isinstance(m, nn.Dropout) for m in model.modules()) == 1
     model = tech.after_finetune(model)
@@ -268,11 +294,9 @@ def test_existing_dropout_before_the_classifier_gets_the_rate(digits_ctx):
 
 
 def test_dropout_without_a_linear_classifier_fails_the_trial(digits_ctx):
-    from autocompress.compress.regularization import build
-
     model = nn.Sequential(nn.Conv2d(1, 10, 8), nn.Flatten())
     with pytest.raises(TrialFailed, match="no nn.Linear"):
-        build(dropout_policy(0.3), digits_ctx).before_finetune(model)
+        dropout_technique(0.3, digits_ctx).before_finetune(model)
 
 
 def test_dropout_model_still_fx_traces_for_int8():
@@ -294,17 +318,34 @@ def test_dropout_model_still_fx_traces_for_int8():
 @pytest.mark.parametrize("pruning,quant", [("structured", "none"), ("gradual", "none"), ("none", "qat_int8"),
                                            ("none", "static_int8")])
 def test_dropout_with_pruning_and_int8_trials(digits_ctx, pruning, quant):
+    from autocompress.compress.quantization import quantized_layers
+    from autocompress.metrics.accuracy import evaluate
     from autocompress.spec.policy import PruningPolicy, QuantizationPolicy
     from autocompress.trial.run import run_trial
+    from autocompress.zoo.data import make_loader
 
     policy = Policy(training=TrainingPolicy(dropout=0.3, lr=3e-3), pruning=PruningPolicy(method=pruning, ratio=0.5),
                     quantization=QuantizationPolicy(mode=quant))
     result = run_trial(policy, digits_ctx)
     facts = result.proof["regularization"]
-    assert facts["dropout"] == 0.3 and facts["dropout_before"]
-    assert 0.0 <= result.metrics["accuracy"] <= 1.0
+    assert facts["dropout"] == 0.3 and facts["dropout_before"] == "21"   # the digits CNN's classifier
+    # one epoch trained, and the recorded accuracies are those of the model the trial returns
+    assert result.epochs_run == 1 and [row.epoch for row in result.history] == [1]
+    assert result.metrics["accuracy"] == evaluate(result.model, make_loader(digits_ctx.data.val, 256, shuffle=False), CPU)
+    assert result.metrics["test_accuracy"] == evaluate(result.model, make_loader(digits_ctx.data.test, 256, shuffle=False), CPU)
     if pruning != "none":
         assert result.proof["pruning"]["sparsity"] > 0   # channels really removed, dropout or not
+        widths = {name: m.out_features if isinstance(m, nn.Linear) else m.out_channels
+                  for name, m in result.model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        kept = result.proof["pruning"]["channels_kept"]
+        assert kept and all(widths[name] == after < before for name, (before, after) in kept.items())
+    if quant != "none":   # int8 kernels in the returned model, as the proof says
+        layers = quantized_layers(result.model)
+        assert layers == result.proof["quantization"]["quantized_layers"] and layers["int8 ConvReLU2d"] == 5
+    else:
+        assert quantized_layers(result.model) == {}
+        # nothing changes the model after fine-tuning: the last epoch's accuracy is the final one
+        assert result.history[-1].val_accuracy == pytest.approx(result.metrics["accuracy"])
     if quant == "qat_int8":
         from autocompress.compress.quantization import quantized_skeleton
 
@@ -326,8 +367,8 @@ def _matmul_dtypes(amp: str, device: torch.device) -> set[torch.dtype]:
     seen: set[torch.dtype] = set()
     model[0].register_forward_hook(lambda m, i, o: seen.add(o.dtype) if m.training else None)
     policy = Policy(training=TrainingPolicy(amp=amp, batch_size=16, lr=1e-2))
-    fit = fine_tune(model, data, data, policy, epochs=1, device=device, seed=0)
-    assert math.isfinite(fit.history[0]["train_loss"])
+    fit = fine_tune(model, data, data, policy, FitPlan(epochs=1, device=device, seed=0))
+    assert math.isfinite(fit.history[0].train_loss)
     assert all(p.dtype == torch.float32 for p in model.parameters())   # master weights stay fp32
     return seen
 

@@ -6,11 +6,13 @@ import subprocess
 import sys
 
 import optuna
+from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from autocompress.cli import app
 from autocompress.devices import assign, discover
-from autocompress.search.workers import start_workers, stop_workers
+from autocompress.search.record import read_all
+from autocompress.search.workers import WorkerJob, start_workers, stop_workers
 
 runner = CliRunner()
 
@@ -36,14 +38,15 @@ def test_two_local_workers_finish_the_budget_without_duplicates(write_study, tmp
     result = runner.invoke(app, ["search", str(study_file), "--out", str(run_dir), "--workers", "2"])
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'study.db'}")
-    searched = [t for t in study.get_trials() if not t.user_attrs.get("baseline")]
-    assert all(t.state.name == "COMPLETE" for t in searched)
+    records = read_all(study)
+    searched = [r for r in records if not r.baseline]
+    assert all(r.state == TrialState.COMPLETE for r in searched)
     assert len(searched) == 4  # exactly the budget: trials are created under a lock shared by the workers
-    numbers = [t.number for t in study.get_trials()]
-    assert len(numbers) == len(set(numbers))
-    assert sum(1 for t in study.get_trials() if t.user_attrs.get("baseline")) == 1
-    pids = {t.user_attrs.get("worker_pid") for t in searched}  # both started before the budget ran out
-    assert len(pids) == 2, "both workers ran trials"
+    numbers = [r.number for r in records]
+    assert len(numbers) == len(set(numbers)) == len(study.get_trials())
+    assert sum(1 for r in records if r.baseline) == 1
+    pids = {r.worker_pid for r in searched}  # both started before the budget ran out
+    assert None not in pids and len(pids) == 2, "both workers ran trials"
 
 
 def test_study_devices_pin_each_worker():
@@ -53,8 +56,8 @@ def test_study_devices_pin_each_worker():
 def test_devices_list_is_validated(write_study):
     import pytest
 
-    from autocompress.spec.config import load_study_spec
     from autocompress.errors import ConfigError
+    from autocompress.spec.config import load_study_spec
 
     with pytest.raises(ConfigError, match="unknown device 'gpu1'"):
         load_study_spec(write_study(devices=["cpu", "gpu1"]))
@@ -66,8 +69,8 @@ def test_a_worker_that_writes_much_to_stderr_does_not_block(tmp_path, monkeypatc
 
     noisy = "import sys; sys.stderr.write('warning line\\n' * 20000 + 'boom\\n'); sys.exit(1)"
     monkeypatch.setattr(workers_mod, "worker_command", lambda *a, **k: [sys.executable, "-c", noisy])
-    procs = start_workers(study="x", storage="sqlite://", out=tmp_path, workers=2, training_device="cpu",
-                          n_trials=None, timeout=None, first_index=0)
+    procs = start_workers(WorkerJob(study="x", storage="sqlite://", out=tmp_path), workers=2, training_device="cpu",
+                          first_index=0)
     try:
         for p in procs:  # the supervisor only polls while workers run
             p.wait(timeout=60)

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-
-from autocompress.spec.config import DataSpec, ModelSpec
 from autocompress.errors import ConfigError
+from autocompress.spec.config import DataSpec, ModelSpec
 from autocompress.zoo import build_data, build_model
 from autocompress.zoo.data import digits
 from autocompress.zoo.models import list_models

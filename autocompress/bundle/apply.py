@@ -9,20 +9,30 @@ It is the search's own path, not a copy: the study's data and baseline (``study.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-
+from autocompress.bundle.bundle import Bundle
+from autocompress.bundle.export import source_of, spec_document
+from autocompress.bundle.write import write_bundle
+from autocompress.deploy.artifacts import structure_for
 from autocompress.errors import AutocompressError, ConfigError, TrialFailed
+from autocompress.search.context import study_context
+from autocompress.spec.config import StudySpec, load_study_spec, spec_from_dict
 from autocompress.spec.policy import Policy
+from autocompress.spec.yamlfile import read_yaml
+from autocompress.trial.baseline import BASELINE_FILE
+from autocompress.trial.plan import describe
+from autocompress.trial.run import run_trial
 from autocompress.utils import error_line
 
 
 @dataclass(frozen=True)
 class PolicyFile:
     policy: Policy
-    spec: Any | None                 # StudySpec named by the file, None for a plain policy
+    spec: StudySpec | None           # the study named by the file, None for a plain policy
     seed: int | None
     study_name: str | None = None
     trial: int | None = None
@@ -32,9 +42,6 @@ class PolicyFile:
 def read_policy_file(path: Path, *, with_study: bool = True) -> PolicyFile:
     """An exported ``policy.yaml`` or a plain policy YAML; errors name the file and field.
     ``with_study=False`` (``apply --study``): the study the file names is not read."""
-    from autocompress.spec.config import spec_from_dict
-    from autocompress.spec.yamlfile import read_yaml
-
     path = Path(path)
     source = str(path)
     doc = read_yaml(path, "policy file")
@@ -67,25 +74,6 @@ def read_policy_file(path: Path, *, with_study: bool = True) -> PolicyFile:
     return PolicyFile(policy, spec, seed, study.get("name"), study.get("trial"), run_dir)
 
 
-def study_context(spec: Any, *, baseline_dir: Path, epochs: int | None = None, train_fraction: float | None = None,
-                  say: Callable[[str], None] = lambda m: None):
-    """The TrialContext of ``spec``'s trials without an Optuna study: data, baseline (loaded
-    from ``baseline_dir`` or trained and cached there), target device."""
-    from autocompress.trial.baseline import prepare_baseline
-    from autocompress.search.study import build_inputs, make_context
-
-    data, teacher = build_inputs(spec)
-    ctx = make_context(spec, data, teacher)
-    Path(baseline_dir).mkdir(parents=True, exist_ok=True)
-    ctx.baseline_metrics = prepare_baseline(teacher, ctx, spec, Path(baseline_dir), log=say)
-    teacher.eval().requires_grad_(False)
-    fraction = spec.budget.train_fraction if train_fraction is None else train_fraction
-    ctx.data = data.subset_train(fraction, spec.seed)
-    if epochs is not None:
-        ctx.epochs = epochs
-    return ctx
-
-
 @dataclass(frozen=True)
 class ApplyResult:
     out: Path
@@ -102,12 +90,6 @@ def apply_policy(policy_file: Path, *, epochs: int | None = None, out: Path | No
     Example:
         >>> apply_policy(Path("runs/digits-cnn/export/policy.yaml"), epochs=30)  # doctest: +SKIP
     """
-    from autocompress.trial.baseline import BASELINE_FILE
-    from autocompress.spec.config import load_study_spec
-    from autocompress.bundle.export import Bundle, _spec_document, source_of, write_bundle
-    from autocompress.deploy.artifacts import structure_for
-    from autocompress.trial.run import run_trial
-
     pf = read_policy_file(Path(policy_file), with_study=study_file is None)
     spec = load_study_spec(study_file) if study_file is not None else pf.spec
     if spec is None:
@@ -123,7 +105,7 @@ def apply_policy(policy_file: Path, *, epochs: int | None = None, out: Path | No
     baseline_dir = pf.run_dir if reuse else out
     epochs = spec.budget.epochs if epochs is None else epochs
     seed = spec.seed if pf.seed is None else pf.seed
-    say(f"applying '{pf.policy.describe()}' to {spec.model.reference} on {spec.data.reference}: "
+    say(f"applying '{describe(pf.policy)}' to {spec.model.reference} on {spec.data.reference}: "
         f"{epochs} epoch(s), full training split, seed {seed}")
     ctx = study_context(spec, baseline_dir=baseline_dir, epochs=epochs, train_fraction=1.0, say=say)
     try:
@@ -137,10 +119,11 @@ def apply_policy(policy_file: Path, *, epochs: int | None = None, out: Path | No
                   f"seed {seed}, policy from {origin}; measured right after training")
     bundle = Bundle(model=result.model, structure=structure_for(result.model, spec, ctx.data, pf.policy),
                     policy=pf.policy, seed=seed, epochs=epochs, train_fraction=1.0,
-                    study_name=pf.study_name or spec.name, study_spec=_spec_document(spec),
+                    study_name=pf.study_name or spec.name, study_spec=spec_document(spec),
                     study_source=source_of(spec),
-                    run_dir=str(pf.run_dir) if pf.run_dir else None, trial=pf.trial, metrics=result.metrics,
-                    baseline_metrics=ctx.baseline_metrics, measured_on=result.measured_on, provenance=provenance,
-                    rule="autocompress apply", proof=result.proof, history=result.history)
+                    run_dir=str(pf.run_dir) if pf.run_dir else None, trial=pf.trial, metrics=dict(result.metrics),
+                    baseline_metrics=ctx.baseline_metrics, measured_on=dataclasses.asdict(result.measured_on), provenance=provenance,
+                    rule="autocompress apply", proof=dict(result.proof),
+                    history=[dataclasses.asdict(e) for e in result.history])
     artifacts = write_bundle(bundle, out)
     return ApplyResult(out, result.metrics, artifacts, provenance)

@@ -9,12 +9,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from autocompress.report.front import pareto_front
+from autocompress.search.budget import budget_used
+from autocompress.search.record import read_all
 
 
 class SearchProgress:
     def __init__(self, run, *, budget: int | None, timeout: float | None, console: Console) -> None:
-        from autocompress.search.budget import budget_used
-
         self.run = run
         self.budget = budget
         self.progress = Progress(
@@ -41,7 +41,7 @@ class SearchProgress:
     def _info(study: optuna.Study) -> str:
         front = pareto_front(study)
         parts = [f"front {len(front.trials)}"]
-        searched = [t for t in front.trials if not t.user_attrs.get("baseline")]
+        searched = [r for r in front.trials if not r.baseline]
         for i, (name, direction) in enumerate(zip(front.metric_names, front.directions)):
             if searched:
                 values = [t.values[i] for t in searched]
@@ -51,16 +51,12 @@ class SearchProgress:
     def on_trial_end(self, study: optuna.Study, trial: FrozenTrial | None = None) -> None:
         """Optuna callback (or a poll, when workers run in other processes): new failures
         get one line each, the bar and its info are refreshed from the storage."""
-        from autocompress.search.budget import budget_used
-
-        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.PRUNED)):
-            if t.number in self.reported:
+        for r in read_all(study, (TrialState.FAIL, TrialState.PRUNED)):
+            if r.number in self.reported:
                 continue
-            self.reported.add(t.number)
-            if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason"):
-                self.progress.console.print(f"trial {t.number} failed: {t.user_attrs['fail_reason']}",
-                                            highlight=False)
-            elif t.state == TrialState.PRUNED:
-                reason = t.user_attrs.get("prescreened") or t.user_attrs.get("stopped_early") or ""
-                self.progress.console.print(f"trial {t.number} pruned: {reason}", highlight=False)
+            self.reported.add(r.number)
+            if r.state == TrialState.FAIL and r.fail_reason:
+                self.progress.console.print(f"trial {r.number} failed: {r.fail_reason}", highlight=False)
+            elif r.state == TrialState.PRUNED:
+                self.progress.console.print(f"trial {r.number} pruned: {r.reason}", highlight=False)
         self.progress.update(self.task, completed=budget_used(study), info=self._info(study))

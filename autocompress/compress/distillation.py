@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from autocompress.errors import TrialFailed
-from autocompress.compress.base import Technique
+from autocompress.compress.base import Declaration, Technique
+from autocompress.spec.policy import DistillationPolicy, Policy
 from autocompress.utils import device_of
 
-if TYPE_CHECKING:
-    from autocompress.spec.policy import Policy
-    from autocompress.trial.run import TrialContext
 
 GLOBAL_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
                 nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
@@ -85,11 +83,35 @@ def _projection(student: Tensor, teacher: Tensor) -> nn.Module | None:
     return conv(cs, ct, kernel_size=1, bias=False)
 
 
+def soft_weight(d: DistillationPolicy) -> float:
+    """The soft-target weight in effect (0 unless ``method`` includes soft targets)."""
+    return d.alpha if "soft" in d.method else 0.0
+
+
+def feature_weight(d: DistillationPolicy) -> float:
+    """The feature-map loss weight in effect (0 unless ``method`` includes features)."""
+    return d.feature_weight if "feature" in d.method else 0.0
+
+
+def select(policy: Policy) -> type[Technique] | None:
+    d = policy.distillation
+    return Distillation if soft_weight(d) > 0 or feature_weight(d) > 0 else None
+
+
 class Distillation(Technique):
     name = "distillation"
 
-    def __init__(self, policy: "Policy", ctx: "TrialContext") -> None:
-        super().__init__(policy, ctx)
+    @classmethod
+    def declare(cls, policy: Policy) -> Declaration:
+        d = policy.distillation
+        parts = [f"KD a={d.alpha:.2f} T={d.temperature:.1f}"] if soft_weight(d) > 0 else []
+        parts += [f"feat-KD w={d.feature_weight:.2f}"] if feature_weight(d) > 0 else []
+        line = (f"distillation from the baseline: alpha {soft_weight(d):g}, temperature {d.temperature:g}"
+                + (f", feature loss weight {feature_weight(d):g}" if feature_weight(d) > 0 else ""))
+        return Declaration(label="distillation", summary=" + ".join(parts), card_line=line)
+
+    def __init__(self, policy, ctx, pipeline) -> None:
+        super().__init__(policy, ctx, pipeline)
         self.d = policy.distillation
         self.teacher: nn.Module | None = None
         self.taps: list[FeatureTap] = []
@@ -105,7 +127,7 @@ class Distillation(Technique):
     def before_finetune(self, model: nn.Module) -> nn.Module:
         # A private copy: hooks on it can never leak into the shared teacher if the trial dies.
         self.teacher = copy.deepcopy(self.ctx.teacher).to(self.ctx.device).eval().requires_grad_(False)
-        if self.d.feature_loss_weight > 0:
+        if feature_weight(self.d) > 0:
             self._set_up_features(model)
         return model
 
@@ -160,13 +182,13 @@ class Distillation(Technique):
             teacher_logits = self.teacher(inputs)
         total = loss
         parts = {"task_loss": loss.detach()}
-        if self.d.soft_alpha > 0:
+        if soft_weight(self.d) > 0:
             kd = soft_target_loss(logits, teacher_logits, self.d.temperature)
-            total = (1 - self.d.soft_alpha) * loss + self.d.soft_alpha * kd
+            total = (1 - soft_weight(self.d)) * loss + soft_weight(self.d) * kd
             parts["kd_loss"] = kd.detach()
-        if self.d.feature_loss_weight > 0:
+        if feature_weight(self.d) > 0:
             feat = self._feature_loss()
-            total = total + self.d.feature_loss_weight * feat
+            total = total + feature_weight(self.d) * feat
             parts["feature_loss"] = feat.detach()
         parts["total_loss"] = total.detach()
         for key, value in parts.items():
@@ -203,9 +225,9 @@ class Distillation(Technique):
                        for k, p in self.projections.items()}
         return {"distillation": {
             "method": self.d.method,
-            "alpha": self.d.soft_alpha,
-            "temperature": self.d.temperature if self.d.soft_alpha > 0 else None,
-            "feature_weight": self.d.feature_loss_weight,
+            "alpha": soft_weight(self.d),
+            "temperature": self.d.temperature if soft_weight(self.d) > 0 else None,
+            "feature_weight": feature_weight(self.d),
             "feature_layers": [str(t) for t in self.taps],
             "projections": projections,
             "last_epoch_mean": dict(self._last_epoch),  # measured: task vs distillation losses
@@ -230,10 +252,3 @@ def _in_width(p: nn.Module) -> int:
 
 def _out_width(p: nn.Module) -> int:
     return p.out_features if isinstance(p, nn.Linear) else p.out_channels
-
-
-def build(policy: "Policy", ctx: "TrialContext") -> Technique | None:
-    d = policy.distillation
-    if d.soft_alpha <= 0 and d.feature_loss_weight <= 0:
-        return None
-    return Distillation(policy, ctx)

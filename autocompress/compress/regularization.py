@@ -9,8 +9,8 @@ How the dropout gets in depends on what happens to the model during fine-tuning:
   leaf modules, so FX tracing (NNI's shrink, int8 preparation) sees them as usual;
 - when the classifier already follows an ``nn.Dropout`` in an ``nn.Sequential`` (torchvision's
   MobileNet, EfficientNet, VGG heads), that dropout's rate is set instead of stacking a second;
-- with ``qat_int8`` the model is FX-traced for quantization-aware training and never comes
-  back to eager form, so the dropout is added as a node of an FX graph instead: every module
+- when a later technique traces the model into an FX graph before fine-tuning (QAT declares
+  ``rewrites_graph_before_finetune``), it never comes back to eager form, so the dropout is added as a node of an FX graph instead: every module
   keeps its name, and the int8 model's state dict matches that of the same model quantized
   without dropout (``quantization.quantized_skeleton``).
 
@@ -19,17 +19,15 @@ Weight decay lives in the optimizer and label smoothing in the loss (``training.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from autocompress.errors import TrialFailed
-from autocompress.compress.base import Technique
+from autocompress.compress.base import Declaration, Technique
+from autocompress.spec.policy import Policy
 
-if TYPE_CHECKING:
-    from autocompress.spec.policy import Policy
-    from autocompress.trial.run import TrialContext
 
 FX_DROPOUT_NAME = "classifier_dropout"
 
@@ -59,9 +57,14 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 class ClassifierDropout(Technique):
     name = "regularization"
+    section = "training"
 
-    def __init__(self, policy: "Policy", ctx: "TrialContext") -> None:
-        super().__init__(policy, ctx)
+    @classmethod
+    def declare(cls, policy: Policy) -> Declaration:
+        return Declaration(label="classifier dropout", summary="")
+
+    def __init__(self, policy, ctx, pipeline) -> None:
+        super().__init__(policy, ctx, pipeline)
         self.p = policy.training.dropout
         self.facts: dict[str, Any] = {"dropout": self.p}
         self._restore_rate: tuple[nn.Dropout, float] | None = None
@@ -77,7 +80,7 @@ class ClassifierDropout(Technique):
             self.facts["dropout_how"] = f"rate of the existing dropout set (was {existing.p})"
             existing.p = self.p
             return model
-        if self.policy.quantization.mode == "qat_int8":
+        if self.pipeline.rewrites_graph_before_finetune:  # e.g. QAT traces the model before training
             traced = self._insert_in_graph(model, name)
             if traced is not None:
                 return traced
@@ -120,7 +123,5 @@ class ClassifierDropout(Technique):
         return {"regularization": dict(self.facts)}
 
 
-def build(policy: "Policy", ctx: "TrialContext") -> Technique | None:
-    if policy.training.dropout <= 0:
-        return None
-    return ClassifierDropout(policy, ctx)
+def select(policy: Policy) -> type[Technique] | None:
+    return ClassifierDropout if policy.training.dropout > 0 else None

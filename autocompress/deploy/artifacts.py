@@ -23,8 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocompress.compress.quantization import CastInputs, quantized_skeleton
 from autocompress.errors import AutocompressError
+from autocompress.spec.config import ModelSpec, StudySpec
+from autocompress.spec.policy import Policy
 from autocompress.utils import atomic_torch_save, atomic_write_text, error_line
+from autocompress.zoo import build_model
+from autocompress.zoo.data import DataBundle
 
 log = logging.getLogger("autocompress")
 
@@ -42,13 +47,11 @@ WIDTH_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_feat
 
 def _float_core(model: nn.Module) -> nn.Module:
     """The float model inside an fp16/bf16 input-casting wrapper; the model itself otherwise."""
-    from autocompress.compress.quantization import CastInputs
-
     return model.model if isinstance(model, CastInputs) else model
 
 
-def model_structure(model: nn.Module, *, model_spec: dict[str, Any], source: str | None, num_classes: int,
-                    input_shape: tuple[int, ...], quantization: dict[str, Any]) -> dict[str, Any]:
+def model_structure(model: nn.Module, *, model_spec: dict[str, Any], source: str | None, data: DataBundle,
+                    quantization: dict[str, Any]) -> dict[str, Any]:
     """What ``rebuild`` needs: the model reference and every layer's widths.
 
     Quantized layers keep their float names and widths; a BatchNorm fused into its conv by
@@ -64,8 +67,8 @@ def model_structure(model: nn.Module, *, model_spec: dict[str, Any], source: str
             widths[a] = list(v) if isinstance(v, (tuple, list)) else v
         if widths and name:
             layers[name] = {"type": type(m).__name__, **widths}
-    return {"format": FORMAT, "model": model_spec, "source": source, "num_classes": num_classes,
-            "input_shape": list(input_shape), "quantization": quantization, "layers": layers,
+    return {"format": FORMAT, "model": model_spec, "source": source, "num_classes": data.num_classes,
+            "input_shape": list(data.input_shape), "quantization": quantization, "layers": layers,
             "torch": torch.__version__}
 
 
@@ -120,10 +123,6 @@ def _fit_batchnorms(model: nn.Module, example: torch.Tensor) -> None:
 
 def rebuild(structure: dict[str, Any]) -> nn.Module:
     """The untrained module tree ``structure`` describes (quantization applied, weights not loaded)."""
-    from autocompress.spec.config import ModelSpec
-    from autocompress.compress.quantization import quantized_skeleton
-    from autocompress.zoo import build_model
-
     if structure.get("format") != FORMAT:
         raise AutocompressError(f"structure format {structure.get('format')!r} is not supported (expected {FORMAT})")
     spec = ModelSpec(**{**structure["model"], "checkpoint": None})
@@ -190,27 +189,21 @@ def load_exported(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def _feasible(spec: Any, metrics: dict[str, float]) -> bool:
-    return all(c.violation(metrics[c.metric]) <= 0 for c in spec.constraints if c.metric in metrics)
-
-
-def save_trial_model(result: Any, folder: Path, *, spec: Any, ctx: Any) -> Path | None:
-    """During a search: save a feasible trial's final model. Never fails the trial."""
-    if result.model is None or not _feasible(spec, result.metrics):
+def save_trial_model(model: nn.Module | None, policy: Policy, folder: Path, *, spec: StudySpec,
+                     data: DataBundle) -> Path | None:
+    """During a search: save a trial's final model. Never fails the trial (export can re-run it)."""
+    if model is None:
         return None
     try:
-        save_model(result.model, folder, structure_for(result.model, spec, ctx.data, result.policy))
-    except Exception as exc:  # export can still re-run the trial
-        log.warning("trial model not saved to %s: %s: %s", folder, type(exc).__name__, exc)
+        save_model(model, folder, structure_for(model, spec, data, policy))
+    except Exception as exc:
+        log.warning("trial model not saved to %s: %s", folder, error_line(exc))
         return None
     return Path(folder)
 
 
-def structure_for(model: nn.Module, spec: Any, data: Any, policy: Any) -> dict[str, Any]:
+def structure_for(model: nn.Module, spec: StudySpec, data: DataBundle, policy: Policy) -> dict[str, Any]:
     q = policy.quantization
     return model_structure(model, model_spec=spec.model.model_dump(mode="json"),
-                           source=str(Path(spec.source).resolve()) if spec.source else None,
-                           num_classes=data.num_classes, input_shape=tuple(data.input_shape),
+                           source=str(Path(spec.source).resolve()) if spec.source else None, data=data,
                            quantization={"mode": q.mode, "per_channel": q.per_channel})
-
-

@@ -20,6 +20,8 @@ reason. What was found on torch 2.14.1 / onnxruntime 1.32 (CPU):
   exporter (``dynamo=False``) exports conv nets, int8 included.
 - Inductor compiles C++ with the system compiler: tens of seconds per new input shape on a
   small CPU, which a trial pays once (recorded as ``build_s`` plus the check's recompiles).
+
+onnxruntime is imported when an ONNX session is built (0.3 s; most trials never need one).
 """
 
 from __future__ import annotations
@@ -35,10 +37,29 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from autocompress.compress.quantization import quantized_layers
 from autocompress.errors import TrialFailed
 from autocompress.utils import error_line
 
-BACKENDS = ("eager", "torchscript", "compile", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """What a runtime is, declared for the callers that plan around it."""
+    name: str
+    converts: bool       # the model is converted, so its predictions are re-checked against eager
+    previewable: bool    # cheap enough to convert for the untrained model's cost preview
+    label: str           # for the policy's one-line summary ("" for the default)
+
+
+RUNTIMES: dict[str, RuntimeInfo] = {
+    "eager": RuntimeInfo("eager", converts=False, previewable=True, label=""),
+    "torchscript": RuntimeInfo("torchscript", converts=True, previewable=True, label="torchscript"),
+    # inductor compiles C++: tens of seconds per model on a small CPU, too much for a preview
+    "compile": RuntimeInfo("compile", converts=True, previewable=False, label="compile"),
+    "onnxruntime": RuntimeInfo("onnxruntime", converts=True, previewable=True, label="onnxruntime"),
+}
+BACKENDS = tuple(RUNTIMES)
 MIN_AGREEMENT = 0.995      # top-1 agreement with the eager model on the validation split
 # Max |logit difference| allowed, relative to the largest |logit|: float runtimes differ by
 # ~1e-7 of it; an int8 model in ONNX Runtime by one or a few output quantization steps.
@@ -186,8 +207,6 @@ def _no_onnx_ir_dump() -> Iterator[None]:
 
 def is_int8_ao(model: nn.Module) -> bool:
     """True for a model holding torch.ao int8 layers (static, QAT-converted or dynamic)."""
-    from autocompress.compress.quantization import quantized_layers
-
     return bool(quantized_layers(model))
 
 
@@ -196,7 +215,7 @@ def _torchscript(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, by
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TorchScript deprecation notices, tracer warnings
-        frozen = torch.jit.freeze(torch.jit.trace(model, (example,)))
+        frozen = torch.jit.freeze(torch.jit.trace(model, (example,))).eval()
         torch.jit.save(frozen, buf)
     return frozen, buf.getvalue()
 

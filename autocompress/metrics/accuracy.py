@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str) -> float:
     """Top-1 accuracy; the model's train/eval mode is restored afterwards."""
-    was_training = model.training
+    was_training = getattr(model, "training", False)   # a frozen TorchScript module may not have it
     model.eval()
     correct = total = 0
     for x, y in loader:

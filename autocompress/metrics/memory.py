@@ -9,18 +9,34 @@
   oneDNN, ONNX Runtime arenas) but only what is new: weights already loaded and memory the
   allocator kept from earlier work in this process are reused, not counted, so it is a lower
   bound of the working memory of inference.
-- Elsewhere (no ``/proc``): not measured, ``None``.
+- Elsewhere (no ``/proc``, or ``clear_refs`` not writable): not measurable; a study that asks
+  for ``peak_memory_mb`` there is refused at validation (``peak_memory_unavailable``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from typing import Iterator
 
 import torch
 
 _STATUS = "/proc/self/status"
+_CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def peak_memory_unavailable(device: str) -> str | None:
+    """Why peak inference memory cannot be measured here for ``device`` (None: it can)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return None
+    if kind != "cpu":
+        return f"peak memory is measured on CUDA and CPU targets only, not {kind}"
+    if _status_kb("VmHWM") is None or not os.access(_CLEAR_REFS, os.W_OK):
+        return (f"this machine cannot reset the process's peak RSS ({_CLEAR_REFS} is not writable "
+                f"or {_STATUS} has no VmHWM), so CPU peak memory cannot be measured")
+    return None
 
 
 class PeakMemory:
@@ -58,7 +74,7 @@ def _status_kb(field: str) -> int | None:
 def _reset_rss_peak() -> int | None:
     """Reset the peak RSS to the current RSS (Linux >= 4.0); the current RSS in kB, or None."""
     try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+        with open(_CLEAR_REFS, "w", encoding="ascii") as f:
             f.write("5")
     except OSError:
         return None

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from autocompress.errors import AutocompressError
+from autocompress.report.data import report_data
+from autocompress.report.html import render_html
 from autocompress.utils import atomic_write_text
 
 REPORT_FILE = "report.html"
@@ -23,9 +25,6 @@ def write_report(results, *, out: Path | None = None, csv: Path | None = None,
         >>> from autocompress.search.results import load_results
         >>> write_report(load_results("digits-cnn"))  # doctest: +SKIP
     """
-    from autocompress.report.data import report_data
-    from autocompress.report.html import render_html
-
     if out is None:
         if results.run_dir is None:
             raise AutocompressError("the study has no local run directory: pass --out report.html")

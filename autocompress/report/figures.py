@@ -12,7 +12,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from autocompress.report.data import UNITS, ReportData
+from autocompress.metrics.registry import format_value, metric_label
+from autocompress.report.data import ReportData
 
 COLORS = {"trial": "#7aa6d6", "front": "#d62728", "infeasible": "#9a9a9a", "baseline": "#f2b701"}
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=90, b=50), height=500,
@@ -24,8 +25,7 @@ def _title(text: str) -> dict:
 
 
 def label(metric: str) -> str:
-    unit = UNITS.get(metric)
-    return f"{metric} ({unit})" if unit and unit not in metric else metric
+    return metric_label(metric)
 
 
 def _fmt(v: Any) -> str:
@@ -47,7 +47,7 @@ def hover_texts(rows: pd.DataFrame, metrics: list[str]) -> list[str]:
     for _, r in rows.iterrows():
         head = "baseline (no compression)" if r["baseline"] else f"trial {int(r['number'])}"
         lines = [f"<b>{html.escape(head)}</b>", html.escape(str(r.get("policy") or ""))]
-        lines += [f"{html.escape(label(m))}: {_fmt(r.get(m))}" for m in metrics]
+        lines += [f"{html.escape(label(m))}: {format_value(m, r.get(m))}" for m in metrics]
         if not r["baseline"] and r.get("feasible") is False:
             lines.append("infeasible: breaks a constraint")
         lines += [f"{html.escape(k)} = {html.escape(_fmt(r[k]))}" for k in knobs

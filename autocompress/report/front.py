@@ -1,68 +1,53 @@
-"""The trials of a study as rows, and its feasible Pareto front."""
+"""The trials of a study as records, and its feasible Pareto front."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
+
+from autocompress.search.record import TrialRecord, read_all
 
 
 @dataclass(frozen=True)
 class Front:
     metric_names: list[str]
     directions: list[str]
-    trials: list[FrozenTrial]          # non-dominated feasible COMPLETE trials, by first objective
-    baseline: FrozenTrial | None
+    trials: list[TrialRecord]          # non-dominated feasible COMPLETE trials, by first objective
+    baseline: TrialRecord | None
 
 
-def feasible(trial: FrozenTrial) -> bool:
-    return all(c <= 0 for c in trial.constraints.values())
-
-
-def _dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[float]) -> bool:
+def dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[float]) -> bool:
     better_or_equal = all(s * x <= s * y for x, y, s in zip(a, b, signs))
     return better_or_equal and any(s * x < s * y for x, y, s in zip(a, b, signs))
 
 
-def pareto_front(study: optuna.Study) -> Front:
-    """Feasible non-dominated COMPLETE trials (the baseline included when it is on the front)."""
+def objectives(study: optuna.Study) -> tuple[list[str], list[str]]:
+    """The study's objective names (Optuna's metric names) and directions."""
     directions = [d.name.lower() for d in study.directions]
-    names = study.metric_names or [f"objective_{i}" for i in range(len(directions))]
+    return list(study.metric_names or [f"objective_{i}" for i in range(len(directions))]), directions
+
+
+def pareto_front(study: optuna.Study, records: list[TrialRecord] | None = None) -> Front:
+    """Feasible non-dominated COMPLETE trials (the baseline included when it is on the front)."""
+    names, directions = objectives(study)
+    records = read_all(study) if records is None else records
     signs = [1.0 if d == "minimize" else -1.0 for d in directions]
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
-    front = [t for t in done if not any(_dominates(o.values, t.values, signs) for o in done if o is not t)]
-    # equal points: keep the earliest
-    unique: dict[tuple, FrozenTrial] = {}
-    for t in sorted(front, key=lambda t: t.number):
-        unique.setdefault(tuple(t.values), t)
-    baseline = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")), None)
-    ordered = sorted(unique.values(), key=lambda t: signs[0] * t.values[0])
-    return Front(list(names), directions, ordered, baseline)
+    done = [r for r in records if r.state == TrialState.COMPLETE and r.feasible and r.values]
+    front = [r for r in done if not any(dominates(o.values, r.values, signs) for o in done if o is not r)]
+    unique: dict[tuple, TrialRecord] = {}   # equal points: keep the earliest
+    for r in sorted(front, key=lambda r: r.number):
+        unique.setdefault(tuple(r.values), r)
+    baseline = next((r for r in records if r.baseline), None)
+    ordered = sorted(unique.values(), key=lambda r: signs[0] * r.values[0])
+    return Front(names, directions, ordered, baseline)
 
 
-def state_counts(study: optuna.Study) -> dict[str, int]:
+def state_counts(records: list[TrialRecord]) -> dict[str, int]:
     counts = {s: 0 for s in ("complete", "running", "waiting", "pruned", "fail")}
-    for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("baseline"):
-            continue
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    for r in records:
+        if not r.baseline:
+            counts[r.state.name.lower()] = counts.get(r.state.name.lower(), 0) + 1
     return counts
-
-
-def trial_row(t: FrozenTrial) -> dict[str, Any]:
-    m = t.user_attrs.get("metrics", {})
-    return {
-        "number": t.number,
-        "state": "BASELINE" if t.user_attrs.get("baseline") else t.state.name,
-        "policy": t.user_attrs.get("policy_summary", ""),
-        "accuracy": m.get("accuracy"),
-        "accuracy_drop": m.get("accuracy_drop"),
-        "latency_ms": m.get("latency_ms"),
-        "size_mb": m.get("size_mb"),
-        "flops": m.get("flops"),
-        "params": m.get("params"),
-        "feasible": feasible(t),
-        "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("prescreened") or "",
-    }

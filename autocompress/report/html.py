@@ -4,19 +4,27 @@ no network: a Content-Security-Policy forbids fetching anything).
 Every user string goes through ``html.escape``; figure JSON sits in a non-executed
 ``application/json`` block with ``<``, ``>`` and ``&`` written as ``\\u00XX`` escapes, so no
 string from the study can close a tag or open a script.
+
+The page is put together here; the sections are built in ``sections``, the tables and the
+formatting of values (``esc``, ``fmt``) in ``tables``.
 """
 
 from __future__ import annotations
 
-import html
 import json
-from typing import Any, Iterable
+from typing import Any
 
 import plotly.io as pio
-import yaml
+from plotly.offline import get_plotlyjs
 
-from autocompress.report.data import UNITS, ReportData
-from autocompress.report.figures import all_figures, label
+from autocompress.report.data import ReportData
+from autocompress.report.figures import all_figures
+from autocompress.report.sections import (failures_section, front_section, hv_section, importance_section,
+                                          points_section, summary_section, trials_section)
+from autocompress.report.tables import esc, fmt
+
+# fmt is not used here: it is re-exported for ``autocompress.bundle.export``.
+__all__ = ["CSP", "CSS", "ERROR_TRAP", "RENDER", "esc", "fmt", "render_html", "safe_json"]
 
 CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
        "img-src data: blob:; font-src data:; worker-src blob:")
@@ -88,10 +96,6 @@ RENDER = """
 """
 
 
-def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
 def safe_json(obj: Any) -> str:
     """JSON that cannot end the element it is embedded in."""
     text = obj if isinstance(obj, str) else json.dumps(obj, default=str)
@@ -99,227 +103,8 @@ def safe_json(obj: Any) -> str:
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
-def fmt(metric: str, v: Any) -> str:
-    """A measured number as text, with the precision its unit deserves."""
-    if v is None or (isinstance(v, float) and v != v):
-        return "-"
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return str(v)
-    unit = UNITS.get(metric, "")
-    if unit in ("count", "FLOPs/sample") or metric.endswith("_runs"):
-        return f"{v:,.0f}"
-    if unit == "fraction":
-        return f"{v:.4f}"
-    if unit == "MB":
-        return f"{v:.4f}"
-    if unit == "ms":
-        return f"{v:.4g}"
-    return f"{v:.6g}" if isinstance(v, float) else str(v)
-
-
-def _kv_table(items: Iterable[tuple[str, Any]]) -> str:
-    rows = "".join(f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in items)
-    return f'<table class="kv">{rows}</table>'
-
-
-def _metrics_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
-    names = [m for m in UNITS if m in metrics] + [m for m in metrics if m not in UNITS]
-    extra = "<th>baseline</th><th>change</th>" if baseline else ""
-    head = f"<tr><th class='t'>metric</th><th>value</th>{extra}</tr>"
-    rows = []
-    for m in names:
-        v = metrics.get(m)
-        cells = f"<td class='t'>{esc(label(m))}</td><td>{esc(fmt(m, v))}</td>"
-        if baseline:
-            b = baseline.get(m)
-            cells += f"<td>{esc(fmt(m, b))}</td><td>{_change(m, v, b)}</td>"
-        rows.append(f"<tr>{cells}</tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
-
-
-def _change(metric: str, v: Any, b: Any) -> str:
-    if metric not in UNITS or metric == "latency_iqr_ms":
-        return ""
-    if not isinstance(v, (int, float)) or not isinstance(b, (int, float)) or isinstance(v, bool):
-        return ""
-    if UNITS.get(metric) == "fraction":
-        d = v - b
-        good = d >= 0 if metric != "accuracy_drop" else d <= 0
-        return f"<span class='{'good' if good else 'bad'}'>{d * 100:+.2f} points</span>"
-    if not b:
-        return ""
-    ratio = v / b
-    return f"<span class='{'good' if ratio <= 1 else 'bad'}'>x{ratio:.3g} ({(ratio - 1) * 100:+.1f}%)</span>"
-
-
-def _summary_section(data: ReportData) -> str:
-    s = data.summary
-    budget = s.get("budget") or {}
-    budget_text = ", ".join(f"{k} {v}" for k, v in budget.items() if v is not None) or "-"
-    counts = ", ".join(f"{v} {k}" for k, v in sorted(s.get("counts", {}).items())) or "none"
-    items = [
-        ("study", esc(s["study"])), ("description", esc(s.get("description")) or "-"),
-        ("model", esc(s.get("model"))), ("data", esc(s.get("data"))),
-        ("objectives", esc(", ".join(s.get("objectives", [])))),
-        ("constraints", esc(", ".join(s.get("constraints", [])) or "none")),
-        ("budget", esc(budget_text)), ("sampler", esc(s.get("sampler"))), ("seed", esc(s.get("seed"))),
-        ("trials", esc(counts)), ("Pareto front", esc(f"{len(data.front.trials)} feasible point(s)")),
-        ("latency measured on", "<br>".join(esc(d) for d in s.get("devices", [])) or "-"),
-        ("started", esc(s.get("started") or "-")), ("last trial finished", esc(s.get("finished") or "-")),
-    ]
-    base = s.get("baseline_metrics") or {}
-    return (f'<section id="summary"><h2>Study</h2><div class="grid"><div>{_kv_table(items)}</div>'
-            f'<div><h3>Baseline (uncompressed, measured)</h3>{_metrics_table(base) if base else "<p>-</p>"}</div>'
-            f"</div></section>")
-
-
-def _figure_div(fid: str) -> str:
-    return f'<div id="fig-{fid}" class="figure"></div>'
-
-
-def _front_section(data: ReportData, figs: dict) -> str:
-    n = len(data.metric_names)
-    body = _figure_div("pareto") if "pareto" in figs else ""
-    if "pareto3d" in figs:
-        body += _figure_div("pareto3d")
-    if "splom" in figs:
-        body += _figure_div("splom")
-    note = ("Red diamonds: the feasible Pareto front; blue: other feasible trials; grey x: trials that break a "
-            "constraint; gold star: the baseline. Hover a point for its policy.")
-    if n > 2:
-        note += (" With more than two objectives, a point off the 2D front can still be on the front in "
-                 "another objective.")
-    return f'<section id="front"><h2>Pareto front</h2><p class="note">{esc(note)}</p>{body}</section>'
-
-
-def _hv_section(data: ReportData, figs: dict) -> str:
-    if "hypervolume" not in figs:
-        return ('<section id="hypervolume"><h2>Hypervolume</h2><p class="note">no feasible complete trial yet</p>'
-                "</section>")
-    ref = ", ".join(f"{label(m)} {v:.4g}" for m, v in zip(data.metric_names, data.hv_reference))
-    note = ("Each objective scaled to 0 (best observed) .. 1 (worst observed) over feasible trials; reference point "
-            f"1.1 on every axis ({ref}); divided by the reference box, so 1 would be a single point best in "
-            "everything.")
-    return (f'<section id="hypervolume"><h2>Hypervolume</h2><p class="note">{esc(note)}</p>'
-            f'{_figure_div("hypervolume")}</section>')
-
-
-def _importance_section(data: ReportData, figs: dict) -> str:
-    imp = data.importances
-    body = _figure_div("importance") if "importance" in figs else ""
-    note = f"<p class='note'>{esc(imp.note)}</p>" if imp.note else ""
-    if not body and not note:
-        note = "<p class='note'>no importances</p>"
-    return f'<section id="importance"><h2>Knob importance</h2>{note}{body}</section>'
-
-
-def _trials_section(data: ReportData) -> str:
-    f = data.trials
-    if f.empty:
-        return '<section id="trials"><h2>Trials</h2><p>no trials</p></section>'
-    metric_cols = [c for c in UNITS if c in f.columns and f[c].notna().any()]
-    extra = [m for m in data.metric_names if m not in metric_cols]
-    knob_cols = [c for c in f.columns if "." in c]
-    cols = ["number", "state", "feasible", "on_front", "policy", *metric_cols, *extra, *knob_cols,
-            "duration_s", "reason"]
-    heads = "".join(f"<th class='{'t' if c in ('state', 'policy', 'reason') or c in knob_cols else ''}'>"
-                    f"{esc(label(c))}</th>" for c in cols)
-    rows = []
-    for _, r in f.iterrows():
-        classes = [str(r["state"])]
-        if r["on_front"]:
-            classes.append("front")
-        if r["baseline"]:
-            classes.append("baseline")
-        if r["feasible"] is False:
-            classes.append("infeasible")
-        cells = []
-        for c in cols:
-            v = r[c]
-            if v is None or (isinstance(v, float) and v != v):
-                cells.append("<td data-v=''>-</td>")
-            elif c in ("feasible", "on_front"):
-                cells.append(f"<td>{'yes' if v else 'no'}</td>")
-            elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                cells.append(f"<td data-v='{esc(repr(float(v)))}'>{esc(fmt(c, v))}</td>")
-            else:
-                cells.append(f"<td class='t'>{esc(v)}</td>")
-        rows.append(f"<tr class='{esc(' '.join(classes))}'>{''.join(cells)}</tr>")
-    return (f'<section id="trials"><h2>Trials</h2><p class="note">Click a column to sort. Metrics are the '
-            f"measured ones (validation accuracy unless named test_); rows: red = on the front, yellow = "
-            f'baseline, grey = infeasible.</p><div class="scroll"><table class="sortable" id="trials-table">'
-            f"<thead><tr>{heads}</tr></thead><tbody>{''.join(rows)}</tbody></table></div></section>")
-
-
-def _points_section(data: ReportData) -> str:
-    base = data.summary.get("baseline_metrics") or {}
-    parts = []
-    for p in data.front_points:
-        title = "baseline (no compression)" if p["baseline"] else f"trial {p['number']}: {p['summary']}"
-        policy = yaml.safe_dump(p["policy"], sort_keys=False) if p["policy"] else "-"
-        proof = _kv_table((k, esc(_plain(k, v))) for k, v in _flatten(p["proof"]).items()) \
-            if p["proof"] else "<p>-</p>"
-        where = _kv_table((k, esc(v)) for k, v in p["measured_on"].items()) if p["measured_on"] else "<p>-</p>"
-        timings = _kv_table((k, esc(f"{v:.3f}" if isinstance(v, float) else v)) for k, v in p["timings"].items()) \
-            if p["timings"] else "<p>-</p>"
-        history = _history_table(p["history"])
-        location = data.summary.get("run_dir") or data.study_name
-        export_hint = "" if p["baseline"] else (f"<p class='note'>export it: <code>autocompress export "
-                                                 f"{esc(location)} --trial {p['number']}</code></p>")
-        parts.append(
-            f"<details id='point-{p['number']}'{' open' if len(data.front_points) <= 3 else ''}>"
-            f"<summary>{esc(title)}</summary>"
-            f"{export_hint}<div class='grid'><div><h3>Measured metrics vs baseline</h3>"
-            f"{_metrics_table(p['metrics'], None if p['baseline'] else base)}</div>"
-            f"<div><h3>Proof of compression</h3>{proof}<h3>Measured on</h3>{where}<h3>Timings (s)</h3>{timings}</div>"
-            f"<div><h3>Policy</h3><pre>{esc(policy)}</pre></div></div>{history}</details>")
-    body = "".join(parts) or "<p>no feasible complete trial yet</p>"
-    return f'<section id="points"><h2>Front points</h2>{body}</section>'
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"quantization": {"mode": "x"}} -> {"quantization.mode": "x"}"""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _plain(key: str, v: Any) -> str:
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return fmt(key.rsplit(".", 1)[-1], v)
-    if isinstance(v, str):
-        return v
-    return json.dumps(v, default=str)
-
-
-def _history_table(history: list[dict[str, Any]]) -> str:
-    if not history:
-        return ""
-    cols = list(history[0])
-    cell = lambda v: esc(f"{v:.4g}" if isinstance(v, float) else v)  # noqa: E731
-    body = "".join("<tr>" + "".join(f"<td>{cell(row.get(c))}</td>" for c in cols) + "</tr>" for row in history)
-    head = "".join(f"<th>{esc(c)}</th>" for c in cols)
-    return f"<h3>Fine-tuning history</h3><table><tr>{head}</tr>{body}</table>"
-
-
-def _failures_section(data: ReportData) -> str:
-    if not data.failures:
-        return '<section id="failures"><h2>Failed and pruned trials</h2><p>none</p></section>'
-    rows = "".join(f"<tr><td>{f['number']}</td><td class='t'>{esc(f['state'])}</td>"
-                   f"<td class='t'>{esc(f['policy'])}</td><td class='t'>{esc(f['reason'])}</td></tr>"
-                   for f in data.failures)
-    return (f'<section id="failures"><h2>Failed and pruned trials</h2><table><tr><th>trial</th><th class="t">state</th>'
-            f'<th class="t">policy</th><th class="t">reason</th></tr>{rows}</table></section>')
-
-
 def render_html(data: ReportData) -> str:
     """The whole report as one HTML string."""
-    from plotly.offline import get_plotlyjs
-
     figs = all_figures(data)
     fig_json = "{" + ",".join(f"{json.dumps(k)}:{pio.to_json(f, validate=False)}" for k, f in figs.items()) + "}"
     plotly_js = get_plotlyjs().replace("</script", "<\\/script")
@@ -335,8 +120,8 @@ def render_html(data: ReportData) -> str:
         "<nav><a href='#summary'>Study</a><a href='#front'>Pareto front</a><a href='#hypervolume'>Hypervolume</a>"
         "<a href='#importance'>Importance</a><a href='#trials'>Trials</a><a href='#points'>Front points</a>"
         "<a href='#failures'>Failures</a></nav><main><div id='js-errors' hidden></div>",
-        _summary_section(data), _front_section(data, figs), _hv_section(data, figs),
-        _importance_section(data, figs), _trials_section(data), _points_section(data), _failures_section(data),
+        summary_section(data), front_section(data, figs), hv_section(data, figs),
+        importance_section(data, figs), trials_section(data), points_section(data), failures_section(data),
         "</main>",
         f"<script type='application/json' id='figure-data'>{safe_json(fig_json)}</script>",
         f"<script>{RENDER}</script></body></html>",

@@ -16,10 +16,12 @@ from typing import Sequence
 
 import numpy as np
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from autocompress.errors import AutocompressError, ConfigError, suggest
-from autocompress.report.front import _dominates, feasible
+from autocompress.metrics.registry import METRICS, objective_names
+from autocompress.report.front import dominates, objectives
+from autocompress.search.record import TrialRecord, read_all, study_info
 
 MAX_LISTED = 3
 
@@ -51,14 +53,14 @@ class Rule:
 
 @dataclass(frozen=True)
 class Choice:
-    trial: FrozenTrial
+    trial: TrialRecord
     rule: str                 # the rule that picked it, in words
     front_size: int           # points it was chosen among
     notes: tuple[str, ...] = ()
 
 
-def _metric(t: FrozenTrial, name: str) -> float:
-    v = (t.user_attrs.get("metrics") or {}).get(name)
+def _metric(t: TrialRecord, name: str) -> float:
+    v = t.metrics.get(name)
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
@@ -68,17 +70,12 @@ def _violation(value: float, op: str, bound: float) -> float:
     return max(0.0, value - bound) if op == "<=" else max(0.0, bound - value)
 
 
-def _describe(t: FrozenTrial, names: Sequence[str]) -> str:
+def _describe(t: TrialRecord, names: Sequence[str]) -> str:
     vals = ", ".join(f"{n} {_metric(t, n):.4g}" for n in dict.fromkeys(names))
     return f"trial {t.number} ({vals})"
 
 
-def _objectives(study: optuna.Study) -> tuple[list[str], list[str]]:
-    directions = [d.name.lower() for d in study.directions]
-    return list(study.metric_names or [f"objective_{i}" for i in range(len(directions))]), directions
-
-
-def _values(t: FrozenTrial, names: list[str], objective_names: list[str]) -> list[float]:
+def _values(t: TrialRecord, names: list[str], objective_names: list[str]) -> list[float]:
     out = []
     for n in names:
         if n in objective_names and t.values:
@@ -88,18 +85,18 @@ def _values(t: FrozenTrial, names: list[str], objective_names: list[str]) -> lis
     return out
 
 
-def front_of(trials: list[FrozenTrial], names: list[str], directions: list[str],
-             objective_names: list[str]) -> list[FrozenTrial]:
+def front_of(trials: list[TrialRecord], names: list[str], directions: list[str],
+             objective_names: list[str]) -> list[TrialRecord]:
     """Non-dominated ``trials`` over ``names`` (NaN counts as worst)."""
     signs = [1.0 if d == "minimize" else -1.0 for d in directions]
     vals = {t.number: [v if not math.isnan(v) else s * math.inf
                        for v, s in zip(_values(t, names, objective_names), signs)] for t in trials}
     return [t for t in trials
-            if not any(_dominates(vals[o.number], vals[t.number], signs) for o in trials if o is not t)]
+            if not any(dominates(vals[o.number], vals[t.number], signs) for o in trials if o is not t)]
 
 
-def knee(trials: list[FrozenTrial], names: list[str], directions: list[str],
-         objective_names: list[str]) -> FrozenTrial:
+def knee(trials: list[TrialRecord], names: list[str], directions: list[str],
+         objective_names: list[str]) -> TrialRecord:
     """The point nearest the ideal point, every objective scaled to [0, 1] over ``trials``."""
     signs = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
     losses = np.array([_values(t, names, objective_names) for t in trials], dtype=float) * signs
@@ -113,23 +110,21 @@ def knee(trials: list[FrozenTrial], names: list[str], directions: list[str],
 
 def choose(study: optuna.Study, rule: Rule) -> Choice:
     """Apply ``rule``; raises ``AutocompressError`` naming the closest points when none fits."""
-    from autocompress.metrics import METRICS
-
-    names, directions = _objectives(study)
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if not t.user_attrs.get("baseline")]
+    names, directions = objectives(study)
+    records = read_all(study)
+    done = [r for r in records if r.state == TrialState.COMPLETE and not r.baseline]
     if rule.trial is not None:
-        return _by_number(study, rule, done, names, directions)
+        return _by_number(study, rule, records, done, (names, directions))
     if rule.minimize is not None and rule.minimize not in METRICS and rule.minimize not in names:
         raise ConfigError(None, "--minimize",
-                          f"unknown metric '{rule.minimize}' {suggest(rule.minimize, list(METRICS))}")
+                          f"unknown metric '{rule.minimize}' {suggest(rule.minimize, objective_names())}")
     if not done:
         raise AutocompressError(f"study '{study.study_name}' has no complete compressed trial yet")
-    ok = [t for t in done if feasible(t)]
+    ok = [t for t in done if t.feasible]
     if not ok:
-        closest = sorted(done, key=lambda t: (sum(max(0.0, c) for c in t.constraints.values()),
+        closest = sorted(done, key=lambda t: (sum(max(0.0, c) for c in t.constraints),
                                               t.number))[:MAX_LISTED]
-        constraints = ", ".join(study.user_attrs.get("constraints") or []) or "the constraints"
+        constraints = ", ".join(study_info(study).constraints) or "the constraints"
         raise AutocompressError(f"no complete trial meets {constraints}; closest: "
                                 + "; ".join(_describe(t, names) for t in closest))
     filters = rule.filters()
@@ -147,7 +142,7 @@ def choose(study: optuna.Study, rule: Rule) -> Choice:
         dirs.append("minimize")
     front = front_of(passing, keys, dirs, names)
     if rule.minimize is not None:
-        def score(t: FrozenTrial) -> float:
+        def score(t: TrialRecord) -> float:
             v = _values(t, [rule.minimize], names)[0]
             return math.inf if math.isnan(v) else v
 
@@ -159,23 +154,22 @@ def choose(study: optuna.Study, rule: Rule) -> Choice:
     return Choice(chosen, rule.describe(), len(front))
 
 
-def _by_number(study: optuna.Study, rule: Rule, done: list[FrozenTrial], names: list[str],
-               directions: list[str]) -> Choice:
-    trials = study.get_trials(deepcopy=False)
-    t = next((t for t in trials if t.number == rule.trial), None)
+def _by_number(study: optuna.Study, rule: Rule, records: list[TrialRecord], done: list[TrialRecord],
+               objective: tuple[list[str], list[str]]) -> Choice:
+    names, directions = objective
+    t = next((r for r in records if r.number == rule.trial), None)
     if t is None:
         raise AutocompressError(f"study '{study.study_name}' has no trial {rule.trial} "
-                                f"(trials 0..{len(trials) - 1})")
-    if t.user_attrs.get("baseline"):
+                                f"(trials 0..{len(records) - 1})")
+    if t.baseline:
         raise AutocompressError(f"trial {t.number} is the baseline (no compression): nothing to export")
     if t.state != TrialState.COMPLETE:
-        reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("prescreened") or ""
         raise AutocompressError(f"trial {t.number} is {t.state.name}, not COMPLETE"
-                                + (f" ({reason})" if reason else "") + ": it has no model to export")
+                                + (f" ({t.reason})" if t.reason else "") + ": it has no model to export")
     notes = []
-    if not feasible(t):
+    if not t.feasible:
         notes.append("this trial breaks a constraint of the study")
-    front = front_of([d for d in done if feasible(d)], names, directions, names)
+    front = front_of([d for d in done if d.feasible], names, directions, names)
     if t not in front:
         notes.append("this trial is not on the feasible Pareto front")
     return Choice(t, rule.describe(), len(front), tuple(notes))

@@ -16,36 +16,24 @@ from pathlib import Path
 from typing import Iterator
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from filelock import FileLock
+from optuna.trial import TrialState
+from sqlalchemy import text
 
-ATTR_BASELINE = "baseline"
-ATTR_REASON = "fail_reason"
-ATTR_INTERRUPTED = "interrupted"
-
-
-def counted(trial: FrozenTrial) -> bool:
-    """Whether a trial used up budget: finished, not the baseline, not an interrupted or
-    crashed attempt (those are retried)."""
-    if trial.user_attrs.get(ATTR_BASELINE) or trial.user_attrs.get(ATTR_INTERRUPTED):
-        return False
-    if trial.state == TrialState.FAIL and ATTR_REASON not in trial.user_attrs:
-        return False  # killed mid-trial (stale heartbeat): re-queued, not counted
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
+from autocompress.search.record import read_all
 
 def budget_used(study: optuna.Study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False) if counted(t))
+    """Finished searched trials (``TrialRecord.counted``): what the budget is measured in."""
+    return sum(1 for r in read_all(study) if r.counted)
 
 
 def started(study: optuna.Study) -> int:
     """Finished trials plus running ones (the budget they take is spoken for)."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if counted(t) or (t.state == TrialState.RUNNING and not t.user_attrs.get(ATTR_BASELINE)))
+    return sum(1 for r in read_all(study) if r.counted or (r.state == TrialState.RUNNING and not r.baseline))
 
 
 def running(study: optuna.Study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-               if not t.user_attrs.get(ATTR_BASELINE))
+    return sum(1 for r in read_all(study, (TrialState.RUNNING,)) if not r.baseline)
 
 
 class BudgetSpent(Exception):
@@ -56,8 +44,6 @@ class BudgetSpent(Exception):
 def budget_lock(study: optuna.Study, storage_url: str, run_dir: Path) -> Iterator[None]:
     """A lock all workers of the study share while they create a trial."""
     if storage_url.startswith("postgresql"):
-        from sqlalchemy import text
-
         storage = study._storage
         engine = getattr(storage, "_backend", storage).engine  # Optuna wraps RDBStorage in a cache
         key = int.from_bytes(hashlib.sha1(f"autocompress:{study.study_name}".encode()).digest()[:7], "big")
@@ -69,8 +55,6 @@ def budget_lock(study: optuna.Study, storage_url: str, run_dir: Path) -> Iterato
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 conn.commit()
         return
-    from filelock import FileLock
-
     with FileLock(str(run_dir / ".budget.lock")):
         yield
 

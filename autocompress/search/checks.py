@@ -5,20 +5,23 @@ Each problem is a ``ConfigError`` naming the study file and field."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import optuna
+import torch
+from torch import nn
 
-from autocompress.spec.config import StudySpec
 from autocompress.errors import ConfigError
+from autocompress.search.record import read_study_info
+from autocompress.spec.config import StudySpec
 from autocompress.spec.space import SearchSpace
+from autocompress.training.augment import misfit
 from autocompress.utils import error_line
+from autocompress.zoo.data import DataBundle
 
 
-def check_forward(model: Any, data: Any, spec: StudySpec) -> None:
+def check_forward(model: nn.Module, data: DataBundle, spec: StudySpec) -> None:
     """One forward pass of two training inputs: it runs and gives (batch, classes) logits."""
-    import torch
-
     x, _ = data.train[0]
     try:
         with torch.inference_mode():
@@ -34,11 +37,9 @@ def check_forward(model: Any, data: Any, spec: StudySpec) -> None:
                                                 f"(batch, {data.num_classes}) logits")
 
 
-def check_augmentation(spec: StudySpec, space: SearchSpace, data: Any, log: Callable[[str], None]) -> None:
+def check_augmentation(spec: StudySpec, space: SearchSpace, data: DataBundle, log: Callable[[str], None]) -> None:
     """Augmentation choices that cannot apply to this data (image ones on feature vectors,
     color on grayscale, ...): an error when no choice fits, else one warning per misfit."""
-    from autocompress.training.augment import misfit
-
     for knob in space.knobs:
         section, _, name = knob.name.partition(".")
         if section != "augmentation" or name not in ("policy", "mix"):
@@ -65,10 +66,10 @@ def check_existing(storage: optuna.storages.BaseStorage, spec: StudySpec, space:
         raise ConfigError(spec.source, "objectives",
                           f"study '{spec.name}' already exists with different objectives ({theirs}); "
                           "rename the study or use another --out")
-    attrs = storage.get_study_user_attrs(study_id)
+    info = read_study_info(storage.get_study_user_attrs(study_id))
     for key, ref in (("model", spec.model.reference), ("data", spec.data.reference)):
-        if attrs.get(key) and attrs[key] != ref:
-            raise ConfigError(spec.source, key, f"study '{spec.name}' was created with {key} {attrs[key]}; its "
+        if getattr(info, key) and getattr(info, key) != ref:
+            raise ConfigError(spec.source, key, f"study '{spec.name}' was created with {key} {getattr(info, key)}; its "
                                                 "baseline and trials belong to it: rename the study or use another --out")
     # Optuna refuses a knob whose choices or kind changed in an existing study, in every trial
     new, checked = space.distributions(), set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,6 @@ def load_results(study: str, *, storage: str | None = None) -> Results:
 def _recorded_storage(run_dir: Path) -> str:
     """The storage ``search --storage`` recorded in the run directory, else its SQLite file.
     A recorded URL lost its password: it must come from ``--storage`` or the environment."""
-    import os
-
     recorded = run_dir / STORAGE_FILE
     if recorded.is_file():
         url = recorded.read_text(encoding="utf-8").strip()

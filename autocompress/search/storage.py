@@ -11,6 +11,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from autocompress.errors import AutocompressError, ConfigError
 from autocompress.utils import optuna_experimental, redact_url
@@ -66,9 +68,6 @@ def find_run_dir(name_or_dir: str) -> Path:
 
 
 def check_url(url: str, field: str, source: str | None) -> None:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
         make_url(url)
     except ArgumentError:

@@ -3,43 +3,52 @@ each pinned to its own device (and its share of the CPU cores)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from autocompress.devices import assign
 
 
-def worker_command(study: str, storage: str, out: Path, device: str, threads: int, index: int,
-                   n_trials: int | None, timeout: float | None) -> list[str]:
+@dataclass(frozen=True)
+class WorkerJob:
+    """What every local worker of one search is told: the study, its storage, the run
+    directory, and the budget of this run."""
+    study: str
+    storage: str
+    out: Path
+    n_trials: int | None = None
+    timeout: float | None = None
+
+
+def worker_command(job: WorkerJob, device: str, threads: int, index: int) -> list[str]:
     # the storage URL travels in the environment, not argv: it may hold a password (ps shows argv)
-    cmd = [sys.executable, "-m", "autocompress", "worker", "--study", study,
-           "--out", str(out), "--device", device, "--threads", str(threads), "--worker-index", str(index)]
-    if n_trials is not None:
-        cmd += ["--trials", str(n_trials)]
-    if timeout is not None:
-        cmd += ["--timeout", f"{timeout}s"]
+    cmd = [sys.executable, "-m", "autocompress", "worker", "--study", job.study,
+           "--out", str(job.out), "--device", device, "--threads", str(threads), "--worker-index", str(index)]
+    if job.n_trials is not None:
+        cmd += ["--trials", str(job.n_trials)]
+    if job.timeout is not None:
+        cmd += ["--timeout", f"{job.timeout}s"]
     return cmd
 
 
-def start_workers(*, study: str, storage: str, out: Path, workers: int, training_device: str,
-                  n_trials: int | None, timeout: float | None, first_index: int = 1,
+def start_workers(job: WorkerJob, *, workers: int, training_device: str, first_index: int = 1,
                   devices: list[str] | None = None) -> list[subprocess.Popen]:
     """Start workers ``first_index..workers-1`` (the calling process is worker 0)."""
-    import os
-    import tempfile
-
     slots = assign(workers, training_device, devices)
-    env = {**os.environ, "AUTOCOMPRESS_STORAGE": storage}
+    env = {**os.environ, "AUTOCOMPRESS_STORAGE": job.storage}
     procs = []
     for i in range(first_index, workers):
         device, threads = slots[i]
         # stderr goes to an unlinked temp file, not a pipe: nobody reads a pipe while the
         # workers run, and a worker that fills its buffer (64 KiB) would block mid-trial.
         log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
-        proc = subprocess.Popen(worker_command(study, storage, out, device, threads, i, n_trials, timeout),
-                                stdout=subprocess.DEVNULL, stderr=log, env=env)
+        proc = subprocess.Popen(worker_command(job, device, threads, i), stdout=subprocess.DEVNULL, stderr=log,
+                                env=env)
         proc.stderr_log = log  # type: ignore[attr-defined]
         procs.append(proc)
     return procs

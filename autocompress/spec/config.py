@@ -11,204 +11,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from autocompress.errors import ConfigError, suggest
-from autocompress.metrics import METRICS
+from autocompress.metrics.registry import why_unavailable
+from autocompress.spec.fields import (BaselineSpec, Budget, Constraint, DataSpec, EarlyStoppingSpec, HeartbeatSpec,
+                                      ModelSpec, Objective, Strict, TargetSpec, WarmStartSpec, device_name,
+                                      parse_duration)
+from autocompress.spec.policy import Policy
 from autocompress.spec.space import SearchSpace, load_space
+from autocompress.spec.yamlfile import read_yaml
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelSpec(_Strict):
-    builtin: str | None = None
-    torchvision: str | None = None
-    factory: str | None = Field(None, description='"package.module:function"')
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: str | None = Field(None, description="state dict loaded with weights_only=True")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "ModelSpec":
-        given = [k for k in ("builtin", "torchvision", "factory") if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError("give exactly one of builtin, torchvision, factory")
-        return self
-
-    @property
-    def reference(self) -> str:
-        kind = next(k for k in ("builtin", "torchvision", "factory") if getattr(self, k))
-        return f"{kind}:{getattr(self, kind)}"
+__all__ = ["BaselineSpec", "Budget", "Constraint", "DataSpec", "EarlyStoppingSpec", "HeartbeatSpec", "ModelSpec",
+           "Objective", "StudySpec", "TargetSpec", "WarmStartSpec", "load_study_spec", "parse_duration",
+           "spec_from_dict", "spec_to_yaml"]
 
 
-class DataSpec(_Strict):
-    builtin: str | None = None
-    cifar10: dict[str, Any] | None = None
-    cifar100: dict[str, Any] | None = None
-    imagefolder: dict[str, Any] | None = None
-    factory: str | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "DataSpec":
-        given = [k for k in ("builtin", "cifar10", "cifar100", "imagefolder", "factory")
-                 if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of builtin, cifar10, cifar100, imagefolder, factory")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in ("builtin", "cifar10", "cifar100", "imagefolder", "factory")
-                    if getattr(self, k) is not None)
-
-    @property
-    def reference(self) -> str:
-        value = getattr(self, self.kind)
-        return f"{self.kind}:{value}" if isinstance(value, str) else self.kind
-
-
-class Objective(_Strict):
-    metric: str
-    direction: Literal["maximize", "minimize"]
-
-    @field_validator("metric")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in METRICS:
-            raise ValueError(f"unknown metric '{v}' {suggest(v, list(METRICS))}")
-        return v
-
-
-class Constraint(_Strict):
-    metric: str
-    op: Literal["<=", ">="]
-    bound: float
-
-    @classmethod
-    def parse(cls, text: str) -> "Constraint":
-        m = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*", str(text))
-        if not m:
-            raise ValueError(f"cannot parse '{text}' (expected 'metric <= number' or 'metric >= number')")
-        metric, op, bound = m.groups()
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric '{metric}' {suggest(metric, list(METRICS))}")
-        try:
-            value = float(bound)
-        except ValueError:
-            raise ValueError(f"'{bound}' is not a number") from None
-        return cls(metric=metric, op=op, bound=value)
-
-    def violation(self, value: float) -> float:
-        """Optuna's convention: <= 0 means satisfied."""
-        return value - self.bound if self.op == "<=" else self.bound - value
-
-    def __str__(self) -> str:
-        return f"{self.metric} {self.op} {self.bound:g}"
-
-
-def parse_duration(value: Any) -> float | None:
-    """'20m', '1h', '90s', '1h30m' or a number of seconds -> seconds."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like '20m' or a number of seconds")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*",
-                         str(value))
-        if not m or not any(m.groups()):
-            raise ValueError(f"cannot parse duration '{value}' (examples: 90s, 20m, 1h30m)")
-        h, mi, s = (float(g) if g else 0.0 for g in m.groups())
-        seconds = h * 3600 + mi * 60 + s
-    if seconds <= 0:
-        raise ValueError("must be positive")
-    return seconds
-
-
-def _device_name(v: str, *, auto: bool) -> str:
-    pattern = r"auto|cpu|cuda(:\d+)?|mps" if auto else r"cpu|cuda(:\d+)?|mps"
-    if not re.fullmatch(pattern, v):
-        raise ValueError(f"unknown device '{v}' (choose from: {'auto, ' if auto else ''}cpu, cuda, cuda:N, mps)")
-    return v
-
-
-class Budget(_Strict):
-    trials: int | None = Field(30, gt=0, le=1_000_000)
-    timeout: float | None = Field(None, description="wall time: '20m', '1h' or seconds")
-    epochs: int = Field(3, ge=0, le=10_000, description="fine-tune epochs of each trial")
-    train_fraction: float = Field(1.0, gt=0.0, le=1.0,
-                                  description="fraction of the training split each trial sees")
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _duration(cls, v: Any) -> float | None:
-        return parse_duration(v)
-
-    @model_validator(mode="after")
-    def _some_limit(self) -> "Budget":
-        if self.trials is None and self.timeout is None:
-            raise ValueError("give trials, timeout or both")
-        return self
-
-
-class BaselineSpec(_Strict):
-    """How the teacher is trained when no checkpoint is given."""
-    epochs: int = Field(15, ge=0, le=10_000)
-    lr: float = Field(3e-3, gt=0)
-    batch_size: int = Field(64, ge=1)
-    weight_decay: float = Field(1e-4, ge=0)
-
-
-class TargetSpec(_Strict):
-    """Where and how latency is measured: the device the model is deployed to."""
-    device: str = "cpu"
-    batch_size: int = Field(1, ge=1, le=65536)
-    threads: int | None = Field(1, ge=1, le=1024, description="CPU threads; null = all")
-    max_time_s: float = Field(1.0, gt=0, le=600, description="cap on timed runs per model")
-    throughput_batch_size: int | None = Field(None, ge=1, le=65536,
-                                              description="also measure throughput_sps at this batch size")
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        return _device_name(v, auto=False)
-
-
-class EarlyStoppingSpec(_Strict):
-    """Multi-objective early stopping (see docs/ARCHITECTURE.md, "Early stopping")."""
-    rule: Literal["none", "dominated"] = "dominated"
-    grace_epochs: int = Field(1, ge=0, description="never stop before this many epochs")
-    margin: float = Field(0.02, ge=0, le=1, description="accuracy gap that counts as clearly worse")
-    min_dominators: int = Field(1, ge=1, description="trials that must dominate it at the same epoch")
-
-
-class WarmStartSpec(_Strict):
-    """Policies enqueued first, so the front is never worse than these."""
-    recipes: bool = Field(True, description="the standard recipes (autocompress.search.efficiency.RECIPES)")
-    policies: list[dict[str, dict[str, Any]]] = Field(default_factory=list,
-                                                      description="your own, as nested policy sections")
-
-
-class HeartbeatSpec(_Strict):
-    """A worker that stops sending heartbeats for ``grace_s`` has its trial failed and retried."""
-    interval_s: int = Field(30, ge=1, le=3600)
-    grace_s: int = Field(90, ge=2, le=86400)
-    max_retry: int = Field(2, ge=0, le=100)
-
-    @model_validator(mode="after")
-    def _grace(self) -> "HeartbeatSpec":
-        if self.grace_s <= self.interval_s:
-            raise ValueError("grace_s must be longer than interval_s")
-        return self
-
-
-class StudySpec(_Strict):
+class StudySpec(Strict):
     name: str
     description: str = ""
     model: ModelSpec
@@ -256,13 +78,13 @@ class StudySpec(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        return _device_name(v, auto=True)
+        return device_name(v, auto=True)
 
     @field_validator("devices")
     @classmethod
     def _devices(cls, v: list[str] | None) -> list[str] | None:
         for d in v or []:
-            _device_name(d, auto=False)
+            device_name(d, auto=False)
         if v is not None and not v:
             raise ValueError("give at least one device, or leave devices out")
         return v
@@ -338,8 +160,7 @@ def spec_from_dict(raw: Any, source: str) -> StudySpec:
             msg = f"unknown field {suggest(err['loc'][-1], fields)}" if fields else msg
         raise ConfigError(source, loc or None, msg) from None
     spec.load_space()  # validate the space now, not at the first trial
-    from autocompress.spec.policy import Policy
-
+    check_measurable(spec)
     for i, p in enumerate(spec.warm_start.policies):
         try:
             Policy.from_dict(p)
@@ -364,10 +185,19 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return [n for n in current.model_fields if n != "source"]
 
 
+def check_measurable(spec: StudySpec) -> None:
+    """An objective or constraint on a metric this machine cannot measure for the study's
+    target device is refused here, not turned into failed trials (``metrics.registry``)."""
+    used = [(f"objectives[{i}].metric", o.metric) for i, o in enumerate(spec.objectives)]
+    used += [(f"constraints[{i}]", c.metric) for i, c in enumerate(spec.constraints)]
+    for field, metric in used:
+        reason = why_unavailable(metric, spec.target.device)
+        if reason:
+            raise ConfigError(spec.source, field, f"{metric} cannot be measured on this machine: {reason}")
+
+
 def load_study_spec(path: str | Path) -> StudySpec:
     """Read and validate a study file; raises ConfigError naming the file and field."""
-    from autocompress.spec.yamlfile import read_yaml
-
     return spec_from_dict(read_yaml(path, "study file"), str(path))
 
 

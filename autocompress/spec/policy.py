@@ -9,6 +9,7 @@ search-space loader validates against them, so adding a field here adds a knob.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -59,16 +60,6 @@ class DistillationPolicy:
     feature_weight: float = _knob(0.0, "weight of the feature-map loss (0 = off)", low=0.0)
     feature_layers: tuple[str, ...] = _knob((), "module names whose outputs are matched "
                                                 "(empty = the last feature block)")
-
-    @property
-    def soft_alpha(self) -> float:
-        """The soft-target weight in effect (0 unless ``method`` includes soft targets)."""
-        return self.alpha if "soft" in self.method else 0.0
-
-    @property
-    def feature_loss_weight(self) -> float:
-        """The feature-map loss weight in effect (0 unless ``method`` includes features)."""
-        return self.feature_weight if "feature" in self.method else 0.0
 
 
 @dataclass(frozen=True)
@@ -167,31 +158,16 @@ class Policy:
     def from_yaml(cls, text: str) -> "Policy":
         return cls.from_dict(yaml.safe_load(text) or {})
 
-    def describe(self) -> str:
-        """One short human line: what this policy does."""
-        p, q, d = self.pruning, self.quantization, self.distillation
-        bits = []
-        if p.method == "weight":
-            bits.append(f"weight {p.scope} {p.ratio:.0%}")
-        elif p.method != "none":
-            bits.append(f"{p.method} {p.criterion} {p.ratio:.0%}")
-        if q.mode != "none":
-            bits.append(q.mode)
-        if d.soft_alpha > 0:
-            bits.append(f"KD a={d.alpha:.2f} T={d.temperature:.1f}")
-        if d.feature_loss_weight > 0:
-            bits.append(f"feat-KD w={d.feature_weight:.2f}")
-        if self.runtime.backend != "eager":
-            bits.append(self.runtime.backend)
-        return " + ".join(bits) or "no compression"
 
-
+@functools.cache
 def section_types() -> dict[str, type]:
     hints = get_type_hints(Policy)
     return {f.name: hints[f.name] for f in dataclasses.fields(Policy)}
 
 
+@functools.cache
 def knob_fields(part_cls: type) -> dict[str, dataclasses.Field]:
+    """The knobs of one policy section (resolved once: ``get_type_hints`` is slow)."""
     hints = get_type_hints(part_cls)
     out = {}
     for f in dataclasses.fields(part_cls):

@@ -32,6 +32,7 @@ from optuna.distributions import (
 
 from autocompress.errors import ConfigError, suggest
 from autocompress.spec.policy import Policy, coerce, knob_fields, section_types
+from autocompress.spec.yamlfile import read_yaml
 
 _SPEC_KEYS = {"choices", "low", "high", "step", "log", "when", "value"}
 
@@ -122,8 +123,6 @@ def load_space(source: str | Path | dict, *, origin: str | None = None) -> Searc
     if isinstance(source, dict):
         raw, where = source, origin or "search_space"
     else:
-        from autocompress.spec.yamlfile import read_yaml
-
         where = str(source)
         raw = read_yaml(source, "search space file")
     if raw is None:
@@ -157,8 +156,6 @@ def parse_space(raw: dict, where: str) -> SearchSpace:
 
 def _parse_knob(path: str, f: dataclasses.Field, spec: Any, where: str,
                 seen: dict[str, Knob], section: str) -> Knob:
-    meta = f.metadata
-    choices_ok = meta.get("choices")
     when: tuple = ()
     if isinstance(spec, dict):
         bad = set(spec) - _SPEC_KEYS
@@ -166,69 +163,80 @@ def _parse_knob(path: str, f: dataclasses.Field, spec: Any, where: str,
             raise ConfigError(where, f"{path}.{sorted(bad)[0]}",
                               f"unknown key {suggest(sorted(bad)[0], sorted(_SPEC_KEYS))}")
         when = _parse_when(path, spec.get("when"), where, seen, section)
-
-    def check_value(v: Any, field_path: str) -> Any:
-        v = coerce(f, v)
-        if choices_ok and v not in choices_ok:
-            raise ConfigError(where, field_path, f"invalid value {v!r} {suggest(v, choices_ok)}")
-        if not _type_ok(f.type, v):
-            raise ConfigError(where, field_path, f"expected {_type_name(f.type)}, got {v!r}")
-        lo, hi = meta.get("low"), meta.get("high")
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if lo is not None and v < lo or hi is not None and v > hi:
-                raise ConfigError(where, field_path, f"{v!r} is outside the valid range "
-                                                     f"[{lo if lo is not None else '-inf'}, "
-                                                     f"{hi if hi is not None else 'inf'}]")
-        return v
-
+    parser = _KnobParser(path, f, where)
     if not isinstance(spec, dict) or set(spec) <= {"value", "when"}:
         value = spec.get("value") if isinstance(spec, dict) else spec
         if isinstance(spec, dict) and "value" not in spec:
             raise ConfigError(where, path, "a knob with only 'when' needs 'value', 'choices' or low/high")
-        return Knob(path, None, check_value(value, path), when)
+        return Knob(path, None, parser.value(value, path), when)
+    dist = parser.choices(spec) if "choices" in spec else parser.range(spec)
+    return Knob(path, dist, None, when)
 
-    if "choices" in spec:
+
+@dataclass(frozen=True)
+class _KnobParser:
+    """Checks one knob's entry against its policy field (choices, type, valid range)."""
+    path: str
+    field: dataclasses.Field
+    where: str
+
+    def fail(self, field_path: str, message: str) -> ConfigError:
+        return ConfigError(self.where, field_path, message)
+
+    def value(self, v: Any, field_path: str) -> Any:
+        f, meta = self.field, self.field.metadata
+        v = coerce(f, v)
+        if meta.get("choices") and v not in meta["choices"]:
+            raise self.fail(field_path, f"invalid value {v!r} {suggest(v, meta['choices'])}")
+        if not _type_ok(f.type, v):
+            raise self.fail(field_path, f"expected {_type_name(f.type)}, got {v!r}")
+        lo, hi = meta.get("low"), meta.get("high")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if lo is not None and v < lo or hi is not None and v > hi:
+                raise self.fail(field_path, f"{v!r} is outside the valid range [{lo if lo is not None else '-inf'}, "
+                                            f"{hi if hi is not None else 'inf'}]")
+        return v
+
+    def choices(self, spec: dict) -> BaseDistribution:
         if {"low", "high", "step", "log"} & set(spec):
-            raise ConfigError(where, path, "give either 'choices' or 'low'/'high', not both")
+            raise self.fail(self.path, "give either 'choices' or 'low'/'high', not both")
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
-            raise ConfigError(where, f"{path}.choices", "expected a non-empty list")
-        checked = [check_value(c, f"{path}.choices[{i}]") for i, c in enumerate(choices)]
+            raise self.fail(f"{self.path}.choices", "expected a non-empty list")
+        checked = [self.value(c, f"{self.path}.choices[{i}]") for i, c in enumerate(choices)]
         if any(isinstance(c, tuple) for c in checked):
-            raise ConfigError(where, f"{path}.choices", "list-valued knobs cannot be searched")
-        return Knob(path, CategoricalDistribution(checked), None, when)
+            raise self.fail(f"{self.path}.choices", "list-valued knobs cannot be searched")
+        return CategoricalDistribution(checked)
 
-    missing = [k for k in ("low", "high") if k not in spec]
-    if missing:
-        raise ConfigError(where, path, f"missing '{missing[0]}' (a range needs low and high, "
-                                       "or use choices, or a bare value to fix it)")
-    if f.type not in (int, float):
-        raise ConfigError(where, path, f"a range needs a numeric knob; {path} is {_type_name(f.type)}"
-                                       + (f" {suggest('', choices_ok)}" if choices_ok else ""))
-    low = check_value(spec["low"], f"{path}.low")
-    high = check_value(spec["high"], f"{path}.high")
-    if low > high:
-        raise ConfigError(where, path, f"low ({low}) is greater than high ({high})")
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        raise ConfigError(where, f"{path}.log", f"expected true or false, got {log!r}")
-    step = spec.get("step")
-    if step is not None:
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0:
-            raise ConfigError(where, f"{path}.step", f"expected a positive number, got {step!r}")
-        if log:
-            raise ConfigError(where, path, "'step' and 'log' cannot be used together")
-    if log and low <= 0:
-        raise ConfigError(where, f"{path}.low", "a log range needs low > 0")
-    try:
-        if f.type is int:
-            dist: BaseDistribution = IntDistribution(int(low), int(high), log=log, step=int(step or 1))
-        else:
-            dist = FloatDistribution(float(low), float(high), log=log,
-                                     step=None if step is None else float(step))
-    except ValueError as exc:
-        raise ConfigError(where, path, str(exc)) from None
-    return Knob(path, dist, None, when)
+    def range(self, spec: dict) -> BaseDistribution:
+        path, f = self.path, self.field
+        missing = [k for k in ("low", "high") if k not in spec]
+        if missing:
+            raise self.fail(path, f"missing '{missing[0]}' (a range needs low and high, "
+                                  "or use choices, or a bare value to fix it)")
+        if f.type not in (int, float):
+            choices_ok = f.metadata.get("choices")
+            raise self.fail(path, f"a range needs a numeric knob; {path} is {_type_name(f.type)}"
+                                  + (f" {suggest('', choices_ok)}" if choices_ok else ""))
+        low, high = self.value(spec["low"], f"{path}.low"), self.value(spec["high"], f"{path}.high")
+        if low > high:
+            raise self.fail(path, f"low ({low}) is greater than high ({high})")
+        log, step = spec.get("log", False), spec.get("step")
+        if not isinstance(log, bool):
+            raise self.fail(f"{path}.log", f"expected true or false, got {log!r}")
+        if step is not None:
+            if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0:
+                raise self.fail(f"{path}.step", f"expected a positive number, got {step!r}")
+            if log:
+                raise self.fail(path, "'step' and 'log' cannot be used together")
+        if log and low <= 0:
+            raise self.fail(f"{path}.low", "a log range needs low > 0")
+        try:
+            if f.type is int:
+                return IntDistribution(int(low), int(high), log=log, step=int(step or 1))
+            return FloatDistribution(float(low), float(high), log=log, step=None if step is None else float(step))
+        except ValueError as exc:
+            raise self.fail(path, str(exc)) from None
 
 
 def _parse_when(path: str, when: Any, where: str, seen: dict[str, Knob], section: str) -> tuple:

@@ -5,19 +5,41 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from autocompress.compress.base import Technique
 from autocompress.errors import TrialFailed
 from autocompress.metrics.accuracy import evaluate
 from autocompress.spec.policy import Policy
 from autocompress.training.optim import build_optimizer, build_scheduler
+from autocompress.zoo.data import make_loader
 
-if TYPE_CHECKING:
-    from autocompress.compress.base import Technique
+
+@dataclass(frozen=True)
+class Epoch:
+    """One row of a fine-tuning history: measured after the epoch (and its technique hooks)."""
+    epoch: int
+    train_loss: float
+    val_accuracy: float
+    lr: float
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """How one fine-tuning runs, besides the policy's training knobs."""
+    epochs: int
+    device: torch.device
+    seed: int
+    techniques: Sequence[Technique] = ()
+    # (x, y) -> (x, y or soft targets): the training-only augmentation
+    batch_transform: Callable | None = None
+    # (epoch, row) -> a reason to stop early (multi-objective early stopping), or None
+    on_epoch: Callable[[int, Epoch], str | None] | None = None
+    eval_batch_size: int = 256
 
 
 @dataclass
@@ -26,93 +48,100 @@ class FitResult:
     steps: int = 0
     stopped_early: bool = False
     stop_reason: str = ""
-    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    history: list[Epoch] = field(default_factory=list)
     data_seconds: float = 0.0        # time spent waiting for batches (incl. augmentation)
     train_seconds: float = 0.0
 
 
-def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen if shuffle else None,
-                      num_workers=0, drop_last=False)
+class _Step:
+    """Optimizer, schedule, loss and mixed precision of one fine-tuning, and one step of it."""
+
+    def __init__(self, model: nn.Module, policy: Policy, plan: FitPlan, steps_per_epoch: int) -> None:
+        tp = policy.training
+        self.model, self.plan, self.clip = model, plan, tp.grad_clip
+        self.params = list(model.parameters())
+        for t in plan.techniques:
+            for m in t.trainable_modules():
+                m.to(plan.device)
+                self.params += list(m.parameters())
+        self.optimizer = build_optimizer(self.params, tp)
+        self.scheduler = build_scheduler(self.optimizer, tp, epochs=plan.epochs, steps_per_epoch=steps_per_epoch)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=tp.label_smoothing)
+        # Mixed precision only where the policy asks for it (default off, also on CPU); fp16
+        # needs loss scaling against gradient underflow, bf16 has fp32's range and does not.
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tp.amp)
+        self.use_amp = self.amp_dtype is not None and plan.device.type in ("cuda", "cpu")
+        self.scaler = torch.amp.GradScaler(plan.device.type if self.use_amp else "cpu",
+                                           enabled=self.use_amp and self.amp_dtype is torch.float16)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, where: str) -> torch.Tensor:
+        """One optimizer step on (x, y); returns the loss. ``where`` names the step in errors."""
+        with torch.autocast(self.plan.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.use_amp):
+            logits = self.model(x)
+            loss = self.criterion(logits.float(), y)
+            hard = y if y.dim() == 1 else y.argmax(dim=1)
+            for t in self.plan.techniques:
+                loss = t.loss(loss, inputs=x, logits=logits, targets=hard)
+        if not torch.isfinite(loss):
+            raise TrialFailed(f"loss became {loss.item()} at {where}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
 
 
-def fine_tune(model: nn.Module, train: Dataset, val: Dataset, policy: Policy, *, epochs: int,
-              device: torch.device, seed: int, techniques: Sequence["Technique"] = (),
-              batch_transform: Callable | None = None,
-              on_epoch: Callable[[int, dict[str, float]], str | None] | None = None,
-              eval_batch_size: int = 256) -> FitResult:
-    """Train ``model`` in place for ``epochs`` epochs.
-
-    ``batch_transform(x, y) -> (x, y_or_soft_targets)`` is the training-only augmentation.
-    ``on_epoch(epoch, row)`` may return a reason to stop early (multi-objective early stopping).
-    """
-    tp = policy.training
+def fine_tune(model: nn.Module, train: Dataset, val: Dataset, policy: Policy, plan: FitPlan) -> FitResult:
+    """Train ``model`` in place for ``plan.epochs`` epochs with the policy's training knobs."""
     result = FitResult()
-    if epochs <= 0:
+    if plan.epochs <= 0:
         return result
-    loader = make_loader(train, tp.batch_size, shuffle=True, seed=seed)
-    val_loader = make_loader(val, eval_batch_size, shuffle=False)
-    params = list(model.parameters())
-    for t in techniques:
-        for m in t.trainable_modules():
-            m.to(device)
-            params += list(m.parameters())
-    optimizer = build_optimizer(params, tp)
-    scheduler = build_scheduler(optimizer, tp, epochs=epochs, steps_per_epoch=max(1, len(loader)))
-    criterion = nn.CrossEntropyLoss(label_smoothing=tp.label_smoothing)
-    # Mixed precision only where the policy asks for it (default off, also on CPU); fp16
-    # needs loss scaling against gradient underflow, bf16 has fp32's range and does not.
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tp.amp)
-    use_amp = amp_dtype is not None and device.type in ("cuda", "cpu")
-    scaler = torch.amp.GradScaler(device.type if use_amp else "cpu",
-                                  enabled=use_amp and amp_dtype is torch.float16)
-    model.to(device)
+    loader = make_loader(train, policy.training.batch_size, shuffle=True, seed=plan.seed)
+    val_loader = make_loader(val, plan.eval_batch_size, shuffle=False)
+    step = _Step(model, policy, plan, max(1, len(loader)))
+    model.to(plan.device)
     start = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        total_loss, seen = 0.0, 0
-        fetch_start = time.perf_counter()
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if batch_transform is not None:
-                x, y = batch_transform(x, y)
-            result.data_seconds += time.perf_counter() - fetch_start
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
-                logits = model(x)
-                loss = criterion(logits.float(), y)
-                hard = y if y.dim() == 1 else y.argmax(dim=1)
-                for t in techniques:
-                    loss = t.loss(loss, inputs=x, logits=logits, targets=hard)
-            if not torch.isfinite(loss):
-                raise TrialFailed(f"loss became {loss.item()} at epoch {epoch + 1}, step {result.steps + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if tp.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(params, tp.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            result.steps += 1
-            for t in techniques:
-                t.on_step_end(model, result.steps)
-            total_loss += loss.item() * x.shape[0]
-            seen += x.shape[0]
-            fetch_start = time.perf_counter()
-        for t in techniques:
+    for epoch in range(plan.epochs):
+        train_loss = _train_epoch(model, loader, step, result, epoch)
+        for t in plan.techniques:
             t.on_epoch_end(model, epoch)
-        val_acc = evaluate(model, val_loader, device)
-        row = {"epoch": epoch + 1, "train_loss": total_loss / max(1, seen), "val_accuracy": val_acc,
-               "lr": optimizer.param_groups[0]["lr"]}
+        row = Epoch(epoch + 1, train_loss, evaluate(model, val_loader, plan.device), step.lr)
         result.history.append(row)
         result.epochs_run = epoch + 1
-        if not math.isfinite(row["train_loss"]):
-            raise TrialFailed(f"training loss is {row['train_loss']} after epoch {epoch + 1}")
-        if on_epoch is not None:
-            reason = on_epoch(epoch + 1, row)
-            if reason:
-                result.stopped_early, result.stop_reason = True, reason
-                break
+        if not math.isfinite(row.train_loss):
+            raise TrialFailed(f"training loss is {row.train_loss} after epoch {epoch + 1}")
+        reason = plan.on_epoch(epoch + 1, row) if plan.on_epoch is not None else None
+        if reason:
+            result.stopped_early, result.stop_reason = True, reason
+            break
     result.train_seconds = time.perf_counter() - start
     return result
+
+
+def _train_epoch(model: nn.Module, loader, step: _Step, result: FitResult, epoch: int) -> float:
+    """One pass over ``loader``; returns the mean training loss."""
+    model.train()
+    device, plan = step.plan.device, step.plan
+    total_loss, seen = 0.0, 0
+    fetch_start = time.perf_counter()
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if plan.batch_transform is not None:
+            x, y = plan.batch_transform(x, y)
+        result.data_seconds += time.perf_counter() - fetch_start
+        loss = step(x, y, f"epoch {epoch + 1}, step {result.steps + 1}")
+        result.steps += 1
+        for t in plan.techniques:
+            t.on_step_end(model, result.steps)
+        total_loss += loss.item() * x.shape[0]
+        seen += x.shape[0]
+        fetch_start = time.perf_counter()
+    return total_loss / max(1, seen)

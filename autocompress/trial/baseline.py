@@ -6,28 +6,28 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
-
 import torch
 from torch import nn
 
 from autocompress.errors import AutocompressError
+from autocompress.spec.config import StudySpec
 from autocompress.spec.policy import Policy, TrainingPolicy
-from autocompress.training.loop import fine_tune
-from autocompress.trial.run import TrialContext, deployed_metrics, structure_metrics
+from autocompress.training.loop import FitPlan, fine_tune
+from autocompress.trial.context import TrialContext
+from autocompress.trial.measure import deployed_metrics, structure_metrics
 from autocompress.utils import atomic_torch_save, atomic_write_text, error_line, seed_everything
 
 BASELINE_FILE = "baseline.pt"
 BASELINE_METRICS_FILE = "baseline.json"
 
 
-def baseline_recipe(spec: Any) -> Policy:
+def baseline_recipe(spec: StudySpec) -> Policy:
     b = spec.baseline
     return Policy(training=TrainingPolicy(optimizer="adamw", lr=b.lr, weight_decay=b.weight_decay,
                                           schedule="cosine", batch_size=b.batch_size))
 
 
-def prepare_baseline(model: nn.Module, ctx: TrialContext, spec: Any, run_dir: Path,
+def prepare_baseline(model: nn.Module, ctx: TrialContext, spec: StudySpec, run_dir: Path,
                      *, log=lambda msg: None) -> dict[str, float]:
     """Train (or load the cached) baseline into ``model`` and return its measured metrics.
 
@@ -50,8 +50,8 @@ def prepare_baseline(model: nn.Module, ctx: TrialContext, spec: Any, run_dir: Pa
         log(f"training the baseline for {spec.baseline.epochs} epochs (once per study)")
         seed_everything(spec.seed)
         try:
-            fine_tune(model, ctx.data.train, ctx.data.val, baseline_recipe(spec), epochs=spec.baseline.epochs,
-                      device=ctx.device, seed=spec.seed)
+            fine_tune(model, ctx.data.train, ctx.data.val, baseline_recipe(spec),
+                      FitPlan(epochs=spec.baseline.epochs, device=ctx.device, seed=spec.seed))
         except (KeyboardInterrupt, AutocompressError):
             raise
         except Exception as exc:  # e.g. an unreadable image deep in the data set, a NaN loss

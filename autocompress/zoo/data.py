@@ -3,6 +3,9 @@ local root (never downloaded), and user factories ``fn(**kwargs) -> (train, val,
 
 Every source gives a ``DataBundle``: three torch Datasets of ``(x, y)``, the class count,
 the shape of one input, and whether horizontal flips keep labels.
+
+scikit-learn and torchvision are imported where a source needs them: each costs about 2 s
+to import on this machine, and most studies use one source.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from autocompress.errors import ConfigError
+from autocompress.spec.fields import DataSpec
 from autocompress.zoo.imports import import_callable
 
 
@@ -49,6 +53,13 @@ class DataBundle:
         idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].tolist()
         return DataBundle(self.name, Subset(self.train, idx), self.val, self.test, self.num_classes,
                           self.input_shape, self.flip_ok, self.color)
+
+
+def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
+    """Batches of ``ds`` in a fixed order (``shuffle``: a permutation drawn from ``seed``)."""
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen if shuffle else None,
+                      num_workers=0, drop_last=False)
 
 
 def _split_indices(labels: np.ndarray, fractions: tuple[float, float], seed: int) -> tuple:
@@ -189,7 +200,7 @@ def from_factory(path: str, kwargs: dict, base_dir: Path) -> DataBundle:
                       color=x.dim() == 3 and x.shape[0] == 3)
 
 
-def build_data(spec: Any, *, seed: int, source: str | None = None) -> DataBundle:
+def build_data(spec: DataSpec, *, seed: int, source: str | None = None) -> DataBundle:
     """A DataBundle from the study's ``data`` section. Raises ConfigError on bad input."""
     kind = spec.kind
     base_dir = Path(source).parent if source else Path.cwd()

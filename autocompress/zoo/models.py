@@ -1,5 +1,7 @@
 """Model registry (timm-style ``@register_model`` + ``create_model``), torchvision models by
 name, user factories ``fn(num_classes, in_channels, **kwargs)``, and checkpoint loading.
+
+torchvision is imported where a torchvision model is asked for (about 2.5 s to import here).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import ConfigError
+from autocompress.spec.fields import ModelSpec
 from autocompress.zoo.imports import import_callable
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -162,7 +165,7 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
         raise ValueError(f"checkpoint '{path}' does not match the model: {detail[:300]}") from None
 
 
-def build_model(spec: Any, *, num_classes: int, input_shape: tuple[int, ...],
+def build_model(spec: ModelSpec, *, num_classes: int, input_shape: tuple[int, ...],
                 source: str | None = None) -> nn.Module:
     """The user's model from the study's ``model`` section (checkpoint loaded if given)."""
     base_dir = Path(source).parent if source else Path.cwd()

@@ -1,7 +1,7 @@
 """Pruning, made real and measured: ``weight`` (unstructured zeros), ``structured`` (channels
 removed from the model) and ``gradual`` (channel sparsity raised epoch by epoch, then removed).
 
-NNI 3.0 is the engine (``pruning_nni``). Three separate nouns, as in Torch-Pruning:
+NNI 3.0 is the engine (``engine``, ``plan`` and ``masks``). Three separate nouns, as in Torch-Pruning:
 
 * which layers (``plan_weight``, ``plan_structured``): Conv1d/Conv2d/Linear in module order.
   The first conv, the last Linear (classifier) and the last prunable layer are protected, plus
@@ -22,7 +22,7 @@ NNI 3.0 is the engine (``pruning_nni``). Three separate nouns, as in Torch-Pruni
 * how much and when (``scheduled_ratio``, here): one shot, or AGP cubic / linear over the epochs.
 
 This module holds the techniques and their schedule; the layer plans, the masks and the shrink
-(NNI ``ModelSpeedup`` on an FX trace, checked to still run) are in ``pruning_nni``.
+(NNI ``ModelSpeedup`` on an FX trace, checked to still run) are in ``engine``, ``plan`` and ``masks``.
 
 ``gradual``: with E fine-tuning epochs, masks are recomputed at the end of epochs 1..T with
 T = E - 1 (E >= 2; the last epoch trains with the final masks) or T = 1, each layer at
@@ -39,34 +39,25 @@ the same file) shows what the zeros save.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from autocompress.compress.base import Declaration, Technique
+from autocompress.compress.pruning.engine import shrink
+from autocompress.compress.pruning.masks import MaskedWeights, criterion_masks, magnitude_masks
+from autocompress.compress.pruning.plan import (Masks, channel_sparsity, out_widths, plan_structured, plan_weight,
+                                                with_norms, zero_fraction)
 from autocompress.errors import TrialFailed
 from autocompress.metrics.size import count_params
-from autocompress.compress.base import Technique
-from autocompress.compress.pruning_nni import (MaskedWeights, Masks, channel_sparsity, criterion_masks,
-                                                 magnitude_masks, out_widths, plan_structured, plan_weight,
-                                                 shrink, with_norms, zero_fraction)
-
-if TYPE_CHECKING:
-    from autocompress.spec.policy import Policy
-    from autocompress.trial.run import TrialContext
+from autocompress.spec.policy import Policy
 
 
-def build(policy: "Policy", ctx: "TrialContext") -> Technique | None:
-    p = policy.pruning
-    if p.method == "none":
-        return None
-    if p.method == "gradual" and policy.quantization.mode == "qat_int8":
-        raise TrialFailed("gradual pruning cannot be combined with qat_int8: its channels are removed "
-                          "after fine-tuning, but QAT has by then turned the model into an FX graph of "
-                          "fused fake-quant modules that NNI ModelSpeedup cannot shrink (use structured "
-                          "pruning, which shrinks before QAT)")
-    techniques = {"weight": WeightPruning, "structured": StructuredPruning, "gradual": GradualPruning}
-    return techniques[p.method](policy, ctx)
+def select(policy: Policy) -> type[Technique] | None:
+    """The pruning technique ``policy`` turns on, or None."""
+    return {"weight": WeightPruning, "structured": StructuredPruning, "gradual": GradualPruning}.get(
+        policy.pruning.method)
 
 
 # -- how much and when -------------------------------------------------------------------------
@@ -89,8 +80,21 @@ def _count(model: nn.Module) -> int:
 class _Pruning(Technique):
     name = "pruning"
 
-    def __init__(self, policy: "Policy", ctx: "TrialContext") -> None:
-        super().__init__(policy, ctx)
+    @classmethod
+    def declare(cls, policy: Policy) -> Declaration:
+        p = policy.pruning
+        what = f"weight {p.scope}" if p.method == "weight" else f"{p.method} {p.criterion}"
+        line = (f"pruning: {p.method}, criterion {p.criterion}, ratio {p.ratio:g}"
+                + (f", schedule {p.schedule}" if p.method == "gradual" else "")
+                + (f", scope {p.scope}" if p.method == "weight" else ""))
+        return Declaration(label=f"{p.method} pruning", summary=f"{what} {p.ratio:.0%}", structural=True,
+                           structure_final_after_compress=cls.structure_final_after_compress,
+                           card_line=line)
+
+    structure_final_after_compress = True
+
+    def __init__(self, policy, ctx, pipeline) -> None:
+        super().__init__(policy, ctx, pipeline)
         self.p = policy.pruning
         self.masked: MaskedWeights | None = None
         self.facts: dict[str, Any] = {"method": self.p.method, "target_ratio": self.p.ratio}
@@ -168,6 +172,7 @@ class StructuredPruning(_Pruning):
 
 class GradualPruning(StructuredPruning):
     """Channel sparsity raised at epoch ends on the AGP (or linear) schedule, removed at the end."""
+    structure_final_after_compress = False   # channels are removed after fine-tuning
 
     def compress(self, model: nn.Module) -> nn.Module:
         example, was_training = self._plan(model)

@@ -1,0 +1,24 @@
+"""Which techniques a policy turns on, in pipeline order: structure first, then the
+training-time helpers, then the number format (``pipeline(policy) -> Pipeline``)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from autocompress.compress import distillation, pruning, quantization, regularization
+from autocompress.compress.base import Pipeline, Technique
+from autocompress.spec.policy import Policy
+
+# Each stage: policy -> the technique class it turns on, or None.
+STAGES: tuple[Callable[[Policy], type[Technique] | None], ...] = (
+    pruning.select,
+    regularization.select,
+    distillation.select,
+    quantization.select,
+)
+
+
+def pipeline(policy: Policy) -> Pipeline:
+    """The techniques ``policy`` turns on and their declarations (nothing is built yet)."""
+    classes = tuple(cls for stage in STAGES if (cls := stage(policy)) is not None)
+    return Pipeline(policy, classes, tuple(cls.declare(policy) for cls in classes))

@@ -1,0 +1,78 @@
+"""Multi-objective early stopping (rule ``dominated``).
+
+After epoch ``e`` (from ``grace_epochs`` on), a trial stops when at least ``min_dominators``
+earlier trials with the same number format (and the same runtime when a runtime-dependent
+cost is an objective and the costs are not both deployed-form previews), whose cost
+objectives (measured on their compressed, untrained structure, which fine-tuning does not
+change) are as good or better, had a validation accuracy at least ``margin`` higher at the
+same epoch. It is the promotion test of multi-objective successive halving (MO-ASHA,
+Schmucker et al. 2021) with epochs as rungs, reduced to epsilon-dominance so that one rule
+serves any number of cost objectives. Which costs the preview measures, which differ between
+runtimes and how noisy they are comes from the metric registry.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from autocompress.metrics.registry import METRICS, previewed_costs, quality_names
+from autocompress.search.record import TrialRecord, read_all
+from autocompress.spec.config import StudySpec
+from autocompress.training.loop import Epoch
+from autocompress.trial.plan import TrialPlan
+from autocompress.trial.result import Preview
+
+
+def early_stop_func(spec: StudySpec, study: optuna.Study, plan: TrialPlan, *, epochs: int
+                    ) -> Callable[[int, Epoch, Preview], str | None] | None:
+    es = spec.early_stopping
+    if es.rule == "none" or not plan.pipeline.structure_final_after_compress:
+        return None  # a structure that still changes while training dips accuracy on purpose
+    comparable = _comparable(spec, plan)
+
+    def on_epoch(epoch: int, row: Epoch, preview: Preview) -> str | None:
+        if epoch < max(1, es.grace_epochs) or epoch >= epochs:
+            return None  # stopping after the last epoch would save nothing
+        acc = row.val_accuracy
+        better = [r.number for r in read_all(study, (TrialState.COMPLETE, TrialState.PRUNED))
+                  if not r.baseline and len(r.history) >= epoch and comparable(r, preview)
+                  and r.history[epoch - 1].val_accuracy >= acc + es.margin]
+        if len(better) >= es.min_dominators:
+            return (f"dominated at epoch {epoch}: val accuracy {acc:.4f}, trial(s) "
+                    f"{', '.join(map(str, better[:5]))} reached >= {acc + es.margin:.4f} at equal or lower cost")
+        return None
+
+    return on_epoch
+
+
+def _comparable(spec: StudySpec, plan: TrialPlan) -> Callable[[TrialRecord, Preview], bool]:
+    """Whether another trial's costs are known to be as good as or better than this one's."""
+    objectives = set(spec.metric_names)
+    costs = [m for m in previewed_costs() if m in objectives]
+    # Costs the untrained structure cannot tell (batch-N throughput, peak memory): only a
+    # trial of the very same structure, format and runtime is known to cost the same.
+    unjudged = objectives - set(costs) - quality_names()
+    # The runtime changes latency and size (ONNX Runtime can be several times faster than
+    # eager on the same structure) but never accuracy (predictions are re-checked).
+    same_runtime = bool(unjudged) or any(METRICS[m].runtime_dependent for m in costs)
+    same_structure = plan.structure_key if unjudged else None
+    fmt, runtime = plan.pipeline.number_format.name, plan.runtime.name
+
+    def comparable(other: TrialRecord, preview: Preview) -> bool:
+        if other.policy is None or other.preview is None:
+            return False
+        theirs = TrialPlan(other.policy)
+        if theirs.pipeline.number_format.name != fmt:
+            return False
+        previewed = other.preview.deployed and preview.deployed   # final costs: comparable across runtimes
+        if same_runtime and not previewed and theirs.runtime.name != runtime:
+            return False
+        if same_structure is not None and other.structure_key != same_structure:
+            return False
+        mine, them = preview.metrics, other.preview.metrics
+        return all(m in them and m in mine and METRICS[m].better(them[m], mine[m]) for m in costs)
+
+    return comparable

@@ -1,0 +1,63 @@
+"""What every trial of a study shares: the data, the teacher, where it trains and where it is
+measured, and the caches trials fill for each other (previews, known failures).
+
+Built once, complete, and never changed afterwards (the caches are shared on purpose)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from autocompress.trial.result import Preview
+from autocompress.training.loop import Epoch
+from autocompress.zoo.data import DataBundle, make_loader
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """Where latency is measured (the deployment target)."""
+    device: str = "cpu"
+    batch_size: int = 1
+    threads: int | None = 1
+    max_time_s: float = 1.0
+    throughput_batch_size: int | None = None   # also measure throughput_sps at this batch size
+
+
+@dataclass(frozen=True)
+class KnownFailure:
+    """A failure every policy with the same knob values meets on this model (a runtime that
+    cannot run a number format), and the trial that found it."""
+    knobs: tuple[tuple[str, object], ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    data: DataBundle
+    teacher: nn.Module                        # the trained baseline; never modified
+    baseline_metrics: Mapping[str, float]     # accuracy etc. of the teacher
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # training device
+    target: TargetSettings = field(default_factory=TargetSettings)
+    epochs: int = 3
+    seed: int = 0
+    eval_batch_size: int = 256
+    # Called with the preview costs of the compressed, untrained model; returns a reason to
+    # stop before training (a hard constraint already broken), or None.
+    prescreen: Callable[[Preview], str | None] | None = None
+    # Called after each epoch with (epoch, its history row, the preview); returns a reason to
+    # stop early (multi-objective early stopping), or None.
+    on_epoch: Callable[[int, Epoch, Preview], str | None] | None = None
+    # Shared by the study's trials: previews by ``plan.cost_key``, failures by ``plan.runtime_key``.
+    previews: dict[str, Preview] = field(default_factory=dict)
+    failures: dict[str, KnownFailure] = field(default_factory=dict)
+
+    @property
+    def target_device(self) -> str:
+        return self.target.device
+
+    def example_batch(self, n: int = 2) -> torch.Tensor:
+        loader = make_loader(self.data.train, n, shuffle=False)
+        return next(iter(loader))[0]

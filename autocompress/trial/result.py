@@ -1,0 +1,65 @@
+"""What one trial produced, as frozen records (no Optuna here: ``search.record`` stores them)."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from autocompress.spec.policy import Policy
+from autocompress.training.loop import Epoch
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The costs of the compressed, untrained model (``trial.measure.preview_costs``): FLOPs and
+    params of its structure, and latency and size of its deployed form when ``deployed`` (then
+    they are the trial's final latency and size), else of the float model run eagerly."""
+    metrics: Mapping[str, float]
+    deployed: bool = False
+
+
+@dataclass(frozen=True)
+class MeasuredOn:
+    """Where and how a trial's numbers were measured."""
+    device: str
+    device_name: str = ""
+    threads: int | None = None
+    batch_size: int = 1
+    torch: str = ""
+    train_device: str = ""
+    host: str = ""
+
+    @classmethod
+    def here(cls, *, device: str, threads: int | None, batch_size: int, train_device: str) -> "MeasuredOn":
+        name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
+        return cls(device, name, threads, batch_size, torch.__version__, train_device, platform.node())
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """Everything a finished trial measured; ``model`` is the compressed model itself (not stored)."""
+    policy: Policy
+    metrics: Mapping[str, float | None]
+    proof: Mapping[str, Any]
+    history: tuple[Epoch, ...]
+    timings: Mapping[str, float]
+    measured_on: MeasuredOn
+    preview: Preview
+    epochs_run: int
+    model: nn.Module | None = field(default=None, compare=False, repr=False)
+
+
+class Stopped(Exception):
+    """The trial was ended on purpose: ``stage`` "prescreen" (a hard constraint is broken by
+    the structure, before any training) or "early_stopping" (clearly dominated mid-training)."""
+
+    def __init__(self, reason: str, preview: Preview, *, stage: str, history: tuple[Epoch, ...] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.preview = preview
+        self.stage = stage
+        self.history = tuple(history)
