@@ -53,6 +53,21 @@ def discover() -> list[Device]:
     return found
 
 
+def why_absent(name: str) -> str | None:
+    """Why the device ``name`` (auto, cpu, cuda, cuda:N, mps) is not on this machine; None when
+    it is. Asked of the devices this process will use, never of devices named for other machines."""
+    kind, _, index = name.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            return "this machine has no CUDA device (see 'autocompress devices')"
+        if index and int(index) >= count:
+            return f"this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        return "MPS (Apple Metal) is not available on this machine"
+    return None
+
+
 def assign(workers: int, training_device: str, devices: list[str] | None = None) -> list[tuple[str, int]]:
     """(device, CPU threads) for each of ``workers`` local workers.
 

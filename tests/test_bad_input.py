@@ -53,7 +53,40 @@ def _factory(tmp: Path, body: str) -> str:
     return _study(tmp, model={"factory": "badfactory:build"})
 
 
-# (id, argv builder(tmp, run_dir) -> list[str], words expected in the one line)
+def _out(tmp: Path) -> str:
+    return str(tmp / "out")  # a fresh folder a bad command must not create
+
+
+def _target(**overrides) -> dict:
+    return {**tiny_study()["target"], **overrides}
+
+
+def _apply(tmp: Path, policy: str) -> list[str]:
+    """apply a plain policy file with --study"""
+    return ["apply", _file(tmp, "policy.yaml", policy), "--study", _study(tmp), "--out", _out(tmp), "--epochs", "0"]
+
+
+def _worker(run_dir: str, *options: str) -> list[str]:
+    return ["worker", "--study", "tiny", "--storage", f"sqlite:///{run_dir}/study.db", "--out", run_dir,
+            "--trials", "1", *options]
+
+
+def _duplicate(tmp: Path, key: str, again: str) -> str:
+    """a valid study file with ``key: ...`` written a second time right after it"""
+    text = yaml.safe_dump(tiny_study(), sort_keys=False)
+    return _file(tmp, "s.yaml", text.replace(f"{key}\n", f"{key}\n{again}\n", 1))
+
+
+def _taken(tmp: Path) -> str:
+    return _file(tmp, "taken", "a regular file where a folder is needed")
+
+
+_GPUS = torch.cuda.device_count()
+_ABSENT_GPU = f"cuda:{_GPUS}"  # one past the last GPU: absent on every machine, with or without GPUs
+_NO_GPU = _GPUS == 0
+_NO_MPS = not torch.backends.mps.is_available()
+
+# (id, argv builder(tmp, run_dir) -> list[str], words expected in the one line[, environment])
 CASES = [
     # -- study file -------------------------------------------------------------------------
     ("empty-study", lambda t, r: ["search", _file(t, "s.yaml", ""), "--out", r], "empty study file"),
@@ -142,6 +175,166 @@ CASES = [
     ("existing-study-other-objectives", lambda t, r: [
         "search", _study(t, objectives=[{"metric": "size_mb", "direction": "minimize"}]), "--out", r],
      "different objectives"),
+    # -- values no search space could produce (policy files, warm starts) ---------------------------------
+    ("apply-unknown-choice", lambda t, r: _apply(t, "quantization: {mode: int3}\n"),
+     "quantization.mode: invalid value 'int3'"),
+    ("apply-ratio-out-of-range", lambda t, r: _apply(t, "pruning: {method: weight, ratio: 1.5}\n"),
+     "pruning.ratio: 1.5 is outside the valid range"),
+    ("apply-wrong-type", lambda t, r: _apply(t, "training: {batch_size: big}\n"),
+     "training.batch_size: expected an integer"),
+    ("apply-bool-for-int", lambda t, r: _apply(t, "training: {batch_size: true}\n"), "training.batch_size"),
+    ("apply-unknown-knob", lambda t, r: _apply(t, "pruning: {ration: 0.5}\n"), "did you mean 'ratio'"),
+    ("apply-exported-unknown-choice", lambda t, r: ["apply", _file(t, "policy.yaml", "policy:\n  quantization: "
+                                                                                       "{mode: int3}\n"),
+                                                    "--out", _out(t)], "policy.quantization.mode"),
+    ("warm-start-unknown-choice", lambda t, r: [
+        "search", _study(t, warm_start={"policies": [{"quantization": {"mode": "int3"}}]}), "--out", _out(t)],
+     "warm_start.policies[0].quantization.mode: invalid value 'int3'"),
+    ("warm-start-out-of-range", lambda t, r: [
+        "search", _study(t, warm_start={"policies": [{}, {"pruning": {"ratio": 7}}]}), "--out", _out(t)],
+     "warm_start.policies[1].pruning.ratio"),
+    ("warm-start-wrong-type", lambda t, r: [
+        "search", _study(t, warm_start={"policies": [{"training": {"optimizer": 3}}]}), "--out", _out(t)],
+     "warm_start.policies[0].training.optimizer"),
+    # -- numbers that are not finite --------------------------------------------------------------------------
+    ("budget-timeout-inf", lambda t, r: ["search", _file(t, "s.yaml", yaml.safe_dump(tiny_study()).replace(
+        "train_fraction:", "timeout: .inf\n  train_fraction:")), "--out", _out(t)], "budget.timeout"),
+    ("baseline-lr-nan", lambda t, r: ["search", _study(t, baseline={"epochs": 1, "lr": float("nan")}),
+                                      "--out", _out(t)], "baseline.lr: expected a finite number"),
+    ("target-max-time-inf", lambda t, r: ["search", _study(t, target=_target(max_time_s=float("inf"))),
+                                          "--out", _out(t)], "target.max_time_s"),
+    ("margin-nan", lambda t, r: ["search", _study(t, early_stopping={"margin": float("nan")}), "--out", _out(t)],
+     "early_stopping.margin"),
+    ("constraint-bound-nan", lambda t, r: ["search", _study(t, constraints=["accuracy_drop <= .nan"]),
+                                           "--out", _out(t)], "not a finite number"),
+    ("constraint-bound-inf", lambda t, r: ["search", _study(t, constraints=["latency_ms <= inf"]),
+                                           "--out", _out(t)], "not a finite number"),
+    ("constraint-bound-minus-inf", lambda t, r: ["search", _study(t, constraints=[
+        {"metric": "accuracy", "op": ">=", "bound": float("-inf")}]), "--out", _out(t)], "constraints[0].bound"),
+    ("space-low-nan", lambda t, r: ["search", _space(t, "training: {lr: {low: .nan, high: 0.1}}\n"),
+                                    "--out", _out(t)], "training.lr.low: expected a finite number"),
+    ("space-step-inf", lambda t, r: ["search", _space(t, "pruning: {ratio: {low: 0.1, high: 0.5, step: .inf}}\n"),
+                                     "--out", _out(t)], "pruning.ratio.step"),
+    ("space-fixed-minus-inf", lambda t, r: ["search", _space(t, "training: {weight_decay: -.inf}\n"),
+                                            "--out", _out(t)], "training.weight_decay"),
+    ("space-choice-nan", lambda t, r: ["search", _space(t, "training: {lr: {choices: [0.01, .nan]}}\n"),
+                                       "--out", _out(t)], "training.lr.choices[1]"),
+    ("apply-lr-nan", lambda t, r: _apply(t, "training: {lr: .nan}\n"), "training.lr: expected a finite number"),
+    ("timeout-nan", lambda t, r: ["search", _study(t), "--out", _out(t), "--timeout", "nan"], "--timeout"),
+    ("timeout-inf", lambda t, r: ["search", _study(t), "--out", _out(t), "--timeout", "inf"], "--timeout"),
+    ("worker-timeout-nan", lambda t, r: _worker(r, "--timeout", "nan"), "--timeout"),
+    ("export-max-drop-nan", lambda t, r: ["export", r, "--max-accuracy-drop", "nan", "--out", _out(t)],
+     "--max-accuracy-drop: expected a finite number"),
+    ("export-min-accuracy-inf", lambda t, r: ["export", r, "--min-accuracy", "inf", "--out", _out(t)],
+     "--min-accuracy: expected a finite number"),
+    # -- ranges that cannot be sampled as written ---------------------------------------------------------------
+    ("space-step-above-range", lambda t, r: ["search", _space(t, "pruning: {ratio: {low: 0.1, high: 0.2, step: 0.5}}"
+                                                                 "\n"), "--out", _out(t)], "larger than high - low"),
+    ("space-step-not-dividing", lambda t, r: ["search", _space(t, "pruning: {ratio: {low: 0.1, high: 0.5, "
+                                                                  "step: 0.15}}\n"), "--out", _out(t)],
+     "Optuna would lower high to 0.4"),
+    ("space-int-step-not-dividing", lambda t, r: ["search", _space(t, "training: {batch_size: {low: 8, high: 64, "
+                                                                      "step: 10}}\n"), "--out", _out(t)],
+     "does not divide"),
+    ("space-int-fractional-bound", lambda t, r: ["search", _space(t, "training: {batch_size: {low: 8.5, high: 64}}\n"),
+                                                 "--out", _out(t)], "training.batch_size.low: expected an integer"),
+    ("space-int-fractional-step", lambda t, r: ["search", _space(t, "training: {batch_size: {low: 8, high: 64, "
+                                                                    "step: 2.5}}\n"), "--out", _out(t)],
+     "integer step"),
+    ("space-duplicate-choices", lambda t, r: ["search", _space(t, "training: {optimizer: {choices: [sgd, adamw, sgd]}}"
+                                                                  "\n"), "--out", _out(t)],
+     "training.optimizer.choices[2]: duplicate choice 'sgd'"),
+    ("space-log-from-zero", lambda t, r: ["search", _space(t, "training: {lr: {low: 0, high: 0.1, log: true}}\n"),
+                                          "--out", _out(t)], "log range needs low > 0"),
+    ("space-when-impossible-value", lambda t, r: ["search", _space(t, "training:\n  optimizer: {choices: [sgd, adamw]}"
+                                                                      "\n  momentum: {low: 0.5, high: 0.9, when: "
+                                                                      "{optimizer: [sgdd]}}\n"), "--out", _out(t)],
+     "did you mean 'sgd'"),
+    # -- devices that are not here --------------------------------------------------------------------------------
+    ("device-absent-gpu", lambda t, r: ["search", _study(t, device=_ABSENT_GPU), "--out", _out(t)],
+     f"device: {_ABSENT_GPU} is not here"),
+    ("target-device-absent-gpu", lambda t, r: ["search", _study(t, target=_target(device=_ABSENT_GPU)),
+                                               "--out", _out(t)], f"target.device: {_ABSENT_GPU} is not here"),
+    ("devices-list-absent-gpu", lambda t, r: ["search", _study(t, devices=["cpu", _ABSENT_GPU]), "--out", _out(t)],
+     "devices[1]"),
+    ("worker-device-absent-gpu", lambda t, r: _worker(r, "--device", _ABSENT_GPU), f"--device: {_ABSENT_GPU}"),
+    ("worker-device-unknown", lambda t, r: _worker(r, "--device", "gpu0"), "--device: unknown device 'gpu0'"),
+    *([("device-cuda-without-gpu", lambda t, r: ["search", _study(t, device="cuda"), "--out", _out(t)],
+        "device: cuda is not here"),
+       ("worker-device-cuda-without-gpu", lambda t, r: _worker(r, "--device", "cuda"), "--device: cuda")]
+      if _NO_GPU else []),
+    *([("device-mps-unavailable", lambda t, r: ["search", _study(t, device="mps"), "--out", _out(t)],
+        "MPS (Apple Metal) is not available")] if _NO_MPS else []),
+    # -- data the model cannot take ---------------------------------------------------------------------------------
+    ("factory-wrong-input-channels", lambda t, r: ["search", _factory(t, "from torch import nn\n"
+                                                                       "def build(num_classes, in_channels):\n"
+                                                                       "    return nn.Sequential(nn.Conv2d(3, 4, 3),"
+                                                                       " nn.Flatten(), nn.LazyLinear(num_classes))\n"),
+                                                   "--out", _out(t)], "to have 3 channels"),
+    ("factory-wrong-class-count", lambda t, r: ["search", _factory(t, "from torch import nn\n"
+                                                                    "def build(num_classes, in_channels):\n"
+                                                                    "    return nn.Sequential(nn.Flatten(), "
+                                                                    "nn.Linear(64, 3))\n"), "--out", _out(t)],
+     "outputs shape (2, 3); expected (batch, 10)"),
+    ("factory-wrong-input-features", lambda t, r: ["search", _factory(t, "from torch import nn\n"
+                                                                       "def build(num_classes, in_channels):\n"
+                                                                       "    return nn.Sequential(nn.Flatten(), "
+                                                                       "nn.Linear(32, num_classes))\n"),
+                                                   "--out", _out(t)], "does not run on the data's inputs"),
+    ("factory-returns-a-dict", lambda t, r: ["search", _factory(t, "from torch import nn\n"
+                                                                 "class M(nn.Linear):\n"
+                                                                 "    def forward(self, x):\n"
+                                                                 "        return {'logits': super().forward("
+                                                                 "x.flatten(1))}\n"
+                                                                 "def build(num_classes, in_channels):\n"
+                                                                 "    return M(64, num_classes)\n"), "--out", _out(t)],
+     "returns a dict"),
+    # -- output paths that cannot hold a run ------------------------------------------------------------------------
+    ("out-is-a-file", lambda t, r: ["search", _study(t), "--out", _taken(t)], "--out: "),
+    ("out-under-a-file", lambda t, r: ["search", _study(t), "--out", str(Path(_taken(t)) / "run")],
+     "is not a folder"),
+    ("worker-out-is-a-file", lambda t, r: [*_worker(r)[:-4], "--out", _taken(t)], "is a file; expected a folder"),
+    ("report-out-folder-missing", lambda t, r: ["report", r, "--out", str(t / "missing" / "r.html")],
+     "does not exist"),
+    ("report-out-is-a-folder", lambda t, r: ["report", r, "--out", str(t)], "is a folder; expected a file name"),
+    ("report-csv-under-a-file", lambda t, r: ["report", r, "--out", str(t / "r.html"), "--csv",
+                                              str(Path(_taken(t)) / "t.csv")], "--csv: "),
+    ("report-parquet-folder-missing", lambda t, r: ["report", r, "--out", str(t / "r.html"), "--parquet",
+                                                    str(t / "missing" / "t.parquet")], "--parquet: "),
+    ("export-out-is-a-file", lambda t, r: ["export", r, "--out", _taken(t)], "--out: "),
+    ("apply-out-is-a-file", lambda t, r: [*_apply(t, "pruning: {method: none}\n")[:-4], "--out", _taken(t)],
+     "is a file; expected a folder"),
+    # -- YAML of any shape --------------------------------------------------------------------------------------------
+    ("study-scalar", lambda t, r: ["search", _file(t, "s.yaml", "hello\n"), "--out", _out(t)], "expected a mapping"),
+    ("study-number", lambda t, r: ["search", _file(t, "s.yaml", "42\n"), "--out", _out(t)], "expected a mapping"),
+    ("study-only-a-comment", lambda t, r: ["search", _file(t, "s.yaml", "# nothing yet\n"), "--out", _out(t)],
+     "empty study file"),
+    ("study-tabs", lambda t, r: ["search", _file(t, "s.yaml", "name: x\n\tmodel: y\n"), "--out", _out(t)],
+     "line 2: invalid YAML"),
+    ("study-duplicate-key", lambda t, r: ["search", _duplicate(t, "seed: 0", "seed: 3"), "--out", _out(t)],
+     "duplicate key 'seed' (first on line"),
+    ("study-duplicate-nested-key", lambda t, r: ["search", _duplicate(t, "  epochs: 1", "  epochs: 4"),
+                                                 "--out", _out(t)], "duplicate key 'epochs'"),
+    ("space-file-duplicate-key", lambda t, r: ["search", _space(t, "training:\n  lr: 0.01\n  lr: 0.02\n"),
+                                               "--out", _out(t)], "line 3: duplicate key 'lr'"),
+    ("space-file-list", lambda t, r: ["search", _space(t, "- pruning\n"), "--out", _out(t)],
+     "expected a mapping of sections"),
+    ("space-inline-list", lambda t, r: ["search", _study(t, search_space=["pruning"]), "--out", _out(t)],
+     "search_space: expected a mapping of sections"),
+    ("space-section-list", lambda t, r: ["search", _space(t, "training: [lr]\n"), "--out", _out(t)],
+     "training: expected a mapping of knobs"),
+    ("space-knob-list", lambda t, r: ["search", _space(t, "training: {optimizer: [sgd, adamw]}\n"), "--out", _out(t)],
+     "training.optimizer: invalid value"),
+    ("space-when-a-string", lambda t, r: ["search", _space(t, "training:\n  optimizer: {choices: [sgd, adamw]}\n"
+                                                              "  momentum: {low: 0.5, high: 0.9, when: optimizer}\n"),
+                                          "--out", _out(t)], "expected a mapping {knob: [values]}"),
+    ("policy-file-list", lambda t, r: _apply(t, "- pruning\n"), "expected a mapping"),
+    ("policy-section-list", lambda t, r: _apply(t, "pruning: [weight]\n"), "pruning: expected a mapping of knobs"),
+    ("policy-file-duplicate-key", lambda t, r: _apply(t, "pruning: {method: weight}\npruning: {method: none}\n"),
+     "duplicate key 'pruning'"),
+    ("storage-variable-not-a-url", lambda t, r: ["worker", "--study", "tiny", "--out", r], "AUTOCOMPRESS_STORAGE: ",
+     {"AUTOCOMPRESS_STORAGE": "just words"}),
+    ("status-storage-not-a-url", lambda t, r: ["status", "tiny", "--storage", "just words"], "--storage: "),
 ]
 
 
@@ -160,16 +353,22 @@ def _fingerprint(run_dir: Path) -> dict[str, str]:
             for p in sorted(run_dir.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
 
 
+def _written(tmp: Path) -> set[str]:
+    return {str(p.relative_to(tmp)) for p in tmp.rglob("*") if "__pycache__" not in p.parts}
+
+
 def test_the_sweep_has_at_least_30_cases():
     assert len(CASES) >= 30
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, tmp_path, existing_run, monkeypatch):
-    name, argv, words = case
+    name, argv, words, *env = case
     monkeypatch.syspath_prepend(str(tmp_path))
     before = _fingerprint(existing_run)
-    result = runner.invoke(app, argv(tmp_path, str(existing_run)))
+    args = argv(tmp_path, str(existing_run))
+    files = _written(tmp_path)  # the inputs the case wrote; the command must add nothing
+    result = runner.invoke(app, args, env=env[0] if env else None)
     out = result.output.strip()
     assert result.exit_code == 2, out
     assert "Traceback" not in out
@@ -179,3 +378,25 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, tmp_path, existi
     assert PG_PASSWORD not in out
     assert _fingerprint(existing_run) == before
     assert not (tmp_path / "runs").exists()
+    assert _written(tmp_path) == files
+
+
+def test_a_worker_is_held_to_its_own_devices_not_those_listed_for_another_machine(existing_run, tmp_path):
+    """The study was created on a machine with GPUs this one lacks: a worker here names its own
+    --device and joins; without one it would train on the study's device, which is refused."""
+    import shutil
+
+    import optuna
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(existing_run, run_dir)
+    storage = f"sqlite:///{run_dir}/study.db"
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    raw = yaml.safe_load(study.user_attrs["study_yaml"])
+    elsewhere = {**raw, "device": _ABSENT_GPU, "devices": [_ABSENT_GPU]}
+    study.set_user_attr("study_yaml", yaml.safe_dump(elsewhere, sort_keys=False))  # the knobs' order matters
+    worker = ["worker", "--study", "tiny", "--storage", storage, "--out", str(run_dir), "--trials", "1"]
+    result = runner.invoke(app, [*worker, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, worker)
+    assert result.exit_code == 2 and f"device: {_ABSENT_GPU} is not here" in result.output, result.output

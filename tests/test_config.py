@@ -79,6 +79,64 @@ def test_bad_study_files(write_text, text, words):
         load_study_spec(path)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("override, field", [
+    ({"budget": {"trials": 2, "timeout": INF}}, "budget.timeout"),
+    ({"budget": {"trials": 2, "timeout": NAN}}, "budget.timeout"),
+    ({"budget": {"trials": 2, "train_fraction": NAN}}, "budget.train_fraction"),
+    ({"baseline": {"lr": NAN}}, "baseline.lr"),
+    ({"baseline": {"weight_decay": INF}}, "baseline.weight_decay"),
+    ({"target": {"max_time_s": NAN}}, "target.max_time_s"),
+    ({"early_stopping": {"margin": NAN}}, "early_stopping.margin"),
+    ({"constraints": [{"metric": "accuracy_drop", "op": "<=", "bound": INF}]}, "constraints[0].bound"),
+    ({"constraints": ["accuracy_drop <= .nan"]}, "constraints"),
+    ({"constraints": ["accuracy_drop <= -.inf"]}, "constraints"),
+    ({"constraints": ["latency_ms <= 1e400"]}, "constraints"),
+    ({"search_space": {"training": {"lr": {"low": 1e-3, "high": INF}}}}, "training.lr.high"),
+    ({"warm_start": {"policies": [{"training": {"lr": NAN}}]}}, "warm_start.policies[0].training.lr"),
+])
+def test_numbers_that_are_not_finite_are_refused(write_study, override, field):
+    with pytest.raises(ConfigError) as err:
+        load_study_spec(write_study(**override))
+    assert err.value.field == field, str(err.value)
+    assert "finite" in str(err.value)
+
+
+@pytest.mark.parametrize("policy, field, words", [
+    ({"quantization": {"mode": "int3"}}, "warm_start.policies[0].quantization.mode", "invalid value 'int3'"),
+    ({"pruning": {"ratio": 1.2}}, "warm_start.policies[0].pruning.ratio", "outside the valid range"),
+    ({"training": {"batch_size": "big"}}, "warm_start.policies[0].training.batch_size", "expected an integer"),
+    ({"pruning": {"protect": [1]}}, "warm_start.policies[0].pruning.protect", "list of strings"),
+    ({"prunning": {}}, "warm_start.policies[0].prunning", "did you mean 'pruning'"),
+])
+def test_warm_start_policies_are_checked_like_the_space(write_study, policy, field, words):
+    with pytest.raises(ConfigError) as err:
+        load_study_spec(write_study(warm_start={"policies": [policy]}))
+    assert err.value.field == field and words in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("name: a\nname: b\n", "line 2: duplicate key 'name' (first on line 1)"),
+    ("name: a\nbudget: {trials: 2, trials: 3}\n", "line 2: duplicate key 'trials'"),
+    ("hello\n", "expected a mapping"),
+    ("3.5\n", "expected a mapping"),
+    ("name: a\n\tseed: 1\n", "indent with spaces, not tabs"),
+])
+def test_yaml_of_any_shape(write_text, text, words):
+    with pytest.raises(ConfigError) as err:
+        load_study_spec(write_text("bad.yaml", text))
+    assert words in str(err.value) and "bad.yaml: " in str(err.value), str(err.value)
+
+
+def test_yaml_merge_keys_may_be_overridden(write_text):
+    from autocompress.spec.yamlfile import read_yaml
+
+    path = write_text("merge.yaml", "base: &b {lr: 0.1, epochs: 1}\nrun:\n  <<: *b\n  lr: 0.2\n")
+    assert read_yaml(path, "file")["run"] == {"lr": 0.2, "epochs": 1}
+
+
 def test_missing_and_binary_files(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_study_spec(tmp_path / "none.yaml")
@@ -108,31 +166,43 @@ def test_throughput_objective_needs_its_batch_size(write_study):
     assert spec.target.throughput_batch_size == 32
 
 
+def _eager(ctx):
+    from autocompress.deploy.runtimes import deploy
+
+    return deploy(ctx.teacher, "eager", ctx.example_batch(), threads=1)
+
+
 def test_batch_1_latency_and_batch_n_throughput_are_both_measured(digits_ctx, monkeypatch):
     from dataclasses import replace
 
     import autocompress.trial.measure as measure
 
-    runs = []
-    real = measure.measure_latency
+    side, runs = [], []
+    real_side, real = measure.measure_side_by_side, measure.measure_latency
+
+    def recorded_side(*args, **kwargs):
+        side.append((args, kwargs, real_side(*args, **kwargs)))
+        return side[-1][2]
 
     def recorded(*args, **kwargs):
-        stats = real(*args, **kwargs)
-        runs.append(stats)
-        return stats
+        runs.append(real(*args, **kwargs))
+        return runs[-1]
 
+    monkeypatch.setattr(measure, "measure_side_by_side", recorded_side)
     monkeypatch.setattr(measure, "measure_latency", recorded)
-    model = digits_ctx.teacher
-    # without a throughput batch size: one batch-1 run, no throughput
-    m = measure.deployed_metrics(model, digits_ctx)
-    assert "throughput_sps" not in m and [r.batch_size for r in runs] == [1]
-    runs.clear()
+    # without a throughput batch size: batch-1 latency side by side with the baseline, no throughput
+    m = measure.deployed_metrics(_eager(digits_ctx), digits_ctx)
+    (args, kwargs, stats), = side
+    assert "throughput_sps" not in m and runs == [] and kwargs["batch_size"] == 1
+    assert set(args[0]) == {"trial", "baseline"} and args[0]["baseline"] is digits_ctx.teacher
+    assert m["latency_ms"] == stats["trial"].median_ms and m["latency_runs"] == float(stats["trial"].runs)
+    per_round = sorted(b / t for b, t in zip(stats["baseline"].per_round, stats["trial"].per_round))
+    assert m["speedup"] == pytest.approx(per_round[2]) and m["speedup_rounds"] == 5.0
+    side.clear()
     ctx = replace(digits_ctx, target=replace(digits_ctx.target, throughput_batch_size=32))
-    m = measure.deployed_metrics(model, ctx)
-    one, big = runs
-    assert (one.batch_size, big.batch_size) == (1, 32)
-    # latency is the batch-1 run's median; throughput is 32 samples per batch-32 median
-    assert m["latency_ms"] == one.median_ms and m["latency_runs"] == float(one.runs)
+    m = measure.deployed_metrics(_eager(ctx), ctx)
+    big, = runs
+    assert big.batch_size == 32 and side[0][1]["batch_size"] == 1
     assert m["throughput_sps"] == pytest.approx(32 / (big.median_ms / 1e3))
 
 
@@ -144,6 +214,6 @@ def test_an_accuracy_drop_equal_to_its_bound_meets_the_constraint(digits_ctx, mo
 
     monkeypatch.setattr(measure, "evaluate", lambda *a, **k: 0.35)
     ctx = replace(digits_ctx, baseline_metrics={**digits_ctx.baseline_metrics, "accuracy": 0.4})
-    drop = measure.deployed_metrics(ctx.teacher, ctx)["accuracy_drop"]
+    drop = measure.deployed_metrics(_eager(ctx), ctx)["accuracy_drop"]
     assert drop == 0.05
     assert Constraint.parse("accuracy_drop <= 0.05").violation(drop) <= 0

@@ -21,7 +21,7 @@ from autocompress.spec.space import load_space
 from autocompress.training.loop import Epoch
 from autocompress.trial.context import KnownFailure, TargetSettings
 from autocompress.trial.plan import TrialPlan
-from autocompress.trial.result import Preview, Stopped
+from autocompress.trial.result import Preview, Screen, Stopped
 from autocompress.trial.run import run_trial
 
 from conftest import tiny_study
@@ -45,8 +45,14 @@ def _row(epoch: int, val_accuracy: float) -> Epoch:
     return Epoch(epoch=epoch, train_loss=0.5, val_accuracy=val_accuracy, lr=0.01)
 
 
+def _reason(fn):
+    """The rule's verdict as its reason (None: go on), for assertions that need only that."""
+    return None if fn is None else (lambda *args: fn(*args).reason)
+
+
 def _stop(policy=None):
-    return lambda spec, study, epochs=3: early_stop_func(spec, study, TrialPlan(policy or Policy()), epochs=epochs)
+    return lambda spec, study, epochs=3: _reason(early_stop_func(spec, study, TrialPlan(policy or Policy()),
+                                                                 epochs=epochs))
 
 
 def test_dominated_trial_is_stopped_and_others_are_kept():
@@ -135,19 +141,73 @@ def test_grace_epochs_and_rule_none():
 
 def test_prescreen_only_uses_metrics_that_are_final():
     spec = _spec(constraints=["params <= 1000", "latency_ms <= 0.1"])
-    check = prescreen_func(spec, TrialPlan(Policy()))
+    check = _reason(prescreen_func(spec, TrialPlan(Policy())))
     assert "params" in check(Preview({"params": 5000, "latency_ms": 0.05}))
     assert check(Preview({"params": 500, "latency_ms": 0.05})) is None
     # int8 through ONNX Runtime: its latency was measured on that deployed form, so it is final
-    q = prescreen_func(spec, TrialPlan(Policy(quantization=QuantizationPolicy(mode="static_int8"),
-                                              runtime=RuntimePolicy(backend="onnxruntime"))))
+    q = _reason(prescreen_func(spec, TrialPlan(Policy(quantization=QuantizationPolicy(mode="static_int8"),
+                                                      runtime=RuntimePolicy(backend="onnxruntime")))))
     assert "latency_ms" in q(Preview({"params": 500, "latency_ms": 9.0}, deployed=True))
     # torch.compile is not previewed (compiling costs tens of seconds): only params can be judged
-    c = prescreen_func(spec, TrialPlan(Policy(runtime=RuntimePolicy(backend="compile"))))
+    c = _reason(prescreen_func(spec, TrialPlan(Policy(runtime=RuntimePolicy(backend="compile")))))
     assert c(Preview({"params": 500, "latency_ms": 9.0})) is None
     assert "params" in c(Preview({"params": 5000, "latency_ms": 9.0}))
     # gradual pruning changes the structure during training: nothing is final
     assert prescreen_func(spec, TrialPlan(Policy(pruning=PruningPolicy(method="gradual")))) is None
+
+
+def test_a_prescreen_decision_within_noise_asks_to_measure_again():
+    spec = _spec(constraints=["latency_ms <= 1.0"])
+    check = prescreen_func(spec, TrialPlan(Policy()))
+    # clearly beyond the bound (more than the registry's 5% noise): stops at once
+    assert check(Preview({"latency_ms": 1.2}, deployed=True)).stops
+    # beyond it by less than the noise: not yet, measure again first
+    first = check(Preview({"latency_ms": 1.03}, deployed=True))
+    assert first.borderline and not first.stops and "latency_ms = 1.03" in first.reason
+    # measured again: beyond the bound stops, within it goes on
+    assert check(Preview({"latency_ms": 1.01}, deployed=True, remeasured=True)).stops
+    assert check(Preview({"latency_ms": 0.99}, deployed=True, remeasured=True)).reason is None
+    # an exact metric has no noise: beyond its bound is beyond it
+    exact = prescreen_func(_spec(constraints=["params <= 1000"]), TrialPlan(Policy()))
+    assert exact(Preview({"params": 1001.0})).stops
+
+
+def test_an_early_stop_that_rests_on_latency_within_noise_asks_to_measure_again():
+    spec = _spec(early_stopping={"rule": "dominated", "margin": 0.02})       # accuracy + latency_ms
+    study = optuna.create_study(directions=spec.directions)
+    _done(study, [0.9, 0.95, 0.97], {"latency_ms": 0.52, "flops": 1e6}, deployed=True)
+    rule = early_stop_func(spec, study, TrialPlan(Policy()), epochs=3)
+    # the other trial is 4% slower: dominance only within latency's noise
+    first = rule(1, _row(1, 0.1), Preview({"latency_ms": 0.50, "flops": 1e6}, deployed=True))
+    assert first.borderline and "dominated at epoch 1" in first.reason
+    # measured again: the same tolerance now decides
+    assert rule(1, _row(1, 0.1), Preview({"latency_ms": 0.50, "flops": 1e6}, deployed=True, remeasured=True)).stops
+    assert rule(1, _row(1, 0.1), Preview({"latency_ms": 0.40, "flops": 1e6}, deployed=True, remeasured=True)).reason is None
+    # clearly as fast or faster: stops without measuring again
+    assert rule(1, _row(1, 0.1), Preview({"latency_ms": 0.53, "flops": 1e6}, deployed=True)).stops
+
+
+def test_run_trial_measures_a_borderline_preview_again_before_ending(digits_ctx, monkeypatch):
+    from autocompress.trial import run as run_mod
+
+    calls = []
+
+    def measuring(model, plan, ctx, example, *, max_time_s=0.3):
+        calls.append(max_time_s)
+        return Preview({"latency_ms": 1.0, "params": 1.0}, deployed=True)
+
+    monkeypatch.setattr(run_mod, "preview_costs", measuring)
+    asked = []
+
+    def prescreen(preview):
+        asked.append(preview.remeasured)
+        return Screen("too slow", borderline=True) if not preview.remeasured else Screen("too slow")
+
+    ctx = replace(digits_ctx, prescreen=prescreen, previews={})
+    with pytest.raises(Stopped) as stop:
+        run_trial(Policy(), ctx)
+    assert asked == [False, True] and calls == [0.3, ctx.target.max_time_s]
+    assert stop.value.preview.remeasured and ctx.previews[ctx.preview_key(TrialPlan(Policy()))].remeasured
 
 
 def _spy_measurements(monkeypatch):
@@ -156,20 +216,26 @@ def _spy_measurements(monkeypatch):
     import autocompress.trial.measure as measure
 
     timed, built = [], []
-    real_latency, real_build = measure.measure_latency, measure.build_runtime
+    real_latency, real_side, real_deploy = measure.measure_latency, measure.measure_side_by_side, measure.deploy
+
+    def kind(module):
+        return type(module).__name__, next((p.dtype for p in module.parameters()), None)
 
     def latency(module, *args, **kwargs):
-        dtype = next((p.dtype for p in module.parameters()), None)
-        timed.append((type(module).__name__, dtype, kwargs.get("batch_size")))
+        timed.append((*kind(module), kwargs.get("batch_size")))
         return real_latency(module, *args, **kwargs)
 
-    def build(*args, **kwargs):
-        runtime = real_build(*args, **kwargs)
-        built.append(runtime)
-        return runtime
+    def side_by_side(models, *args, **kwargs):
+        timed.append((*kind(models["trial"]), kwargs.get("batch_size")))
+        return real_side(models, *args, **kwargs)
+
+    def deploy(*args, **kwargs):
+        built.append(real_deploy(*args, **kwargs))
+        return built[-1]
 
     monkeypatch.setattr(measure, "measure_latency", latency)
-    monkeypatch.setattr(measure, "build_runtime", build)
+    monkeypatch.setattr(measure, "measure_side_by_side", side_by_side)
+    monkeypatch.setattr(measure, "deploy", deploy)
     return timed, built
 
 
@@ -207,35 +273,33 @@ def test_the_preview_is_the_deployed_form(digits_ctx, monkeypatch, mode, backend
     assert len(timed) == 2 and timed[0] == timed[1], timed
     assert timed[0][1] in ((torch.float16,) if mode == "fp16" else (torch.float32, None))
 
-    # sized like the final model: the same state dict, or the runtime's artifact of the same tensors
-    if backend == "eager":
-        assert built == [] or all(r.artifact is None for r in built)
+    # sized like the final model: the bytes of the same kind of artifact, with the same tensors
+    assert len(built) == 2 and [d.runtime for d in built] == [backend, backend]
+    first, last = (d.artifact for d in built)
+    assert preview.metrics["size_mb"] == len(first) / 1e6 and final["size_mb"] == len(last) / 1e6
+    assert result.deployment is built[1] and result.proof["runtime"]["artifact_sha256"] == built[1].sha256
+    if backend in ("eager", "onnxruntime"):
         assert preview.metrics["size_mb"] == final["size_mb"]
-    else:
-        assert len(built) == 2
-        first, last = (r.artifact for r in built)
-        assert first is not None and last is not None
-        assert preview.metrics["size_mb"] == len(first) / 1e6 and final["size_mb"] == len(last) / 1e6
         if backend == "onnxruntime":
-            assert preview.metrics["size_mb"] == final["size_mb"]
             assert b"QuantizeLinear" in first and b"QuantizeLinear" in last
-        else:
-            a, b = _archive(first), _archive(last)
-            assert _tensors(a) == _tensors(b) and _tensors(a)
-            # the archives differ only in their code records (TorchScript keeps the Python call
-            # stack of the trace as debug info; see the report)
-            code_bytes = sum(v for k, v in b.items() if k.startswith("archive/code/") or k == "archive/data.pkl")
-            assert abs(len(first) - len(last)) <= code_bytes
-            assert "quantized" in _code(first) and "quantized" in _code(last)
+    else:
+        a, b = _archive(first), _archive(last)
+        assert _tensors(a) == _tensors(b) and _tensors(a)
+        assert not any(k.endswith(".debug_pkl") for k in a)   # the debug records are left out
+        # the archives differ at most in their code records (TorchScript numbers its classes per process)
+        code_bytes = sum(v for k, v in b.items() if k.startswith("archive/code/") or k == "archive/data.pkl")
+        assert abs(len(first) - len(last)) <= code_bytes
+        assert "quantized" in _code(first) and "quantized" in _code(last)
     if mode != "none":   # not the float model's size (on a model this small, headers weigh much)
         assert preview.metrics["size_mb"] < 0.9 * structure_size(digits_ctx, policy)
 
-    # cached under the plan's cost key, which names the runtime and the number format
-    assert plan.runtime_key in plan.cost_key
-    assert digits_ctx.previews == {plan.cost_key: preview}
+    # cached under the preview key, which names the runtime, the number format, the device and threads
+    key = digits_ctx.preview_key(plan)
+    assert plan.runtime_key in key and "@cpu/1t/b1" in key
+    assert digits_ctx.previews == {key: preview}
     # and the prescreen judges that very preview: a second trial stops on it before compressing
     seen = []
-    again = replace(digits_ctx, prescreen=lambda p: seen.append(p) or "too big")
+    again = replace(digits_ctx, prescreen=lambda p: seen.append(p) or Screen("too big"))
     with pytest.raises(Stopped, match=r"too big \(cached\)") as err:
         run_trial(policy, again)
     assert seen == [preview] and err.value.preview is preview and len(timed) == 2
@@ -256,7 +320,7 @@ def structure_size(ctx, policy):
 def test_prescreen_ends_the_trial_before_any_optimizer_step(digits_ctx, monkeypatch):
     steps = []
     monkeypatch.setattr(torch.optim.Optimizer, "zero_grad", lambda self, *a, **k: steps.append(1))
-    ctx = replace(digits_ctx, prescreen=lambda p: "too many params" if p.metrics["params"] > 10 else None)
+    ctx = replace(digits_ctx, prescreen=lambda p: Screen("too many params" if p.metrics["params"] > 10 else None))
     with pytest.raises(Stopped) as err:
         run_trial(Policy(), ctx)
     assert err.value.stage == "prescreen" and err.value.preview.metrics["params"] > 10

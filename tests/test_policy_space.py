@@ -94,6 +94,36 @@ def test_space_to_dict_reloads_identically():
     ({"pruning": {"method": {"low": 1, "high": 2}}}, "pruning.method", "numeric"),
     ({"pruning": {"method": {"choices": []}}}, "pruning.method.choices", "non-empty"),
     ({"training": "fast"}, "training", "mapping of knobs"),
+    # numbers that are not finite
+    ({"training": {"lr": {"low": float("nan"), "high": 0.1}}}, "training.lr.low", "finite"),
+    ({"training": {"lr": {"low": 1e-3, "high": float("inf")}}}, "training.lr.high", "finite"),
+    ({"pruning": {"ratio": {"low": 0.1, "high": 0.5, "step": float("nan")}}}, "pruning.ratio.step", "finite"),
+    ({"training": {"lr": float("-inf")}}, "training.lr", "finite"),
+    ({"distillation": {"temperature": {"choices": [2.0, float("inf")]}}}, "distillation.temperature.choices[1]",
+     "finite"),
+    # ranges that cannot be sampled as written
+    ({"pruning": {"ratio": {"low": 0.1, "high": 0.2, "step": 0.25}}}, "pruning.ratio.step", "larger than high - low"),
+    ({"pruning": {"ratio": {"low": 0.1, "high": 0.5, "step": 0.15}}}, "pruning.ratio.step", "lower high to 0.4"),
+    ({"training": {"batch_size": {"low": 8, "high": 64, "step": 10}}}, "training.batch_size.step", "lower high to 58"),
+    ({"training": {"batch_size": {"low": 8.5, "high": 64}}}, "training.batch_size.low", "expected an integer"),
+    ({"training": {"batch_size": {"low": 8, "high": 64.5}}}, "training.batch_size.high", "expected an integer"),
+    ({"training": {"batch_size": {"low": 8, "high": 64, "step": 0.5}}}, "training.batch_size.step", "integer step"),
+    ({"training": {"batch_size": {"low": 8, "high": 64, "step": True}}}, "training.batch_size.step", "positive"),
+    ({"training": {"optimizer": {"choices": ["sgd", "sgd"]}}}, "training.optimizer.choices[1]", "duplicate choice"),
+    ({"training": {"batch_size": {"choices": [32, 32.0]}}}, "training.batch_size.choices[1]", "duplicate choice"),
+    ({"training": {"lr": {"low": 0.0, "high": 0.0, "log": True}}}, "training.lr.low", "log range needs low > 0"),
+    # conditions on values the knob named cannot take
+    ({"pruning": {"method": {"choices": ["none", "weight"]},
+                  "ratio": {"low": 0.1, "high": 0.5, "when": {"method": ["weigth"]}}}},
+     "pruning.ratio.when.method", "did you mean 'weight'"),
+    ({"pruning": {"method": "weight", "ratio": {"low": 0.1, "high": 0.5, "when": {"method": ["structured"]}}}},
+     "pruning.ratio.when.method", "fixed to 'weight'"),
+    ({"pruning": {"method": {"choices": ["none"]}, "ratio": {"low": 0.1, "high": 0.5, "when": {"method": []}}}},
+     "pruning.ratio.when.method", "at least one value"),
+    ({"pruning": {"method": {"choices": ["none"]}, "ratio": {"low": 0.1, "high": 0.5, "when": "method"}}},
+     "pruning.ratio.when", "expected a mapping"),
+    # YAML reads an unquoted off as false
+    ({"training": {"amp": {"choices": [False, "bf16"]}}}, "training.amp.choices[0]", "quote it"),
 ])
 def test_bad_spaces_name_the_field(raw, field, words):
     with pytest.raises(ConfigError) as err:
@@ -119,3 +149,23 @@ def test_bad_space_files(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00\x01garbage")
     with pytest.raises(ConfigError):
         load_space(binary)
+
+
+def test_ranges_optuna_samples_as_written_load():
+    """A step that divides the range, an integral float step for an int knob, and a range of one
+    value (low == high, also on a log scale: decided to allow it; it samples that value)."""
+    space = load_space({"pruning": {"ratio": {"low": 0.2, "high": 0.8, "step": 0.05}},
+                        "training": {"batch_size": {"low": 8, "high": 64, "step": 8.0},
+                                     "lr": {"low": 0.01, "high": 0.01, "log": True}}})
+    d = space.distributions()
+    assert d["pruning.ratio"] == FloatDistribution(0.2, 0.8, step=0.05)
+    assert d["training.batch_size"] == IntDistribution(8, 64, step=8)
+    assert d["training.lr"] == FloatDistribution(0.01, 0.01, log=True)
+    study = optuna.create_study()
+    assert space.sample(study.ask()).training.lr == 0.01
+
+
+def test_when_may_name_a_fixed_knob_with_its_value():
+    space = load_space({"pruning": {"method": "weight", "ratio": {"low": 0.1, "high": 0.5,
+                                                                  "when": {"method": ["weight"]}}}})
+    assert space.knobs[1].when == (("pruning.method", ("weight",)),)

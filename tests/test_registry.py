@@ -15,10 +15,15 @@ from conftest import tiny_study
 
 
 def test_every_metric_the_engine_measures_is_registered(digits_ctx):
-    from autocompress.trial.measure import deployed_metrics, structure_metrics
+    from dataclasses import replace
 
-    measured = set(deployed_metrics(digits_ctx.teacher, digits_ctx)) | set(structure_metrics(
-        digits_ctx.teacher, digits_ctx.example_batch()))
+    from autocompress.deploy.runtimes import deploy
+    from autocompress.trial.measure import baseline_metrics, deployed_metrics
+
+    measured = set(baseline_metrics(digits_ctx.teacher, digits_ctx))
+    ctx = replace(digits_ctx, target=replace(digits_ctx.target, throughput_batch_size=4))
+    measured |= set(deployed_metrics(deploy(ctx.teacher, "eager", ctx.example_batch()), ctx))
+    assert {"speedup", "speedup_iqr", "size_ratio", "top1_agreement", "throughput_sps"} <= measured
     assert measured <= set(METRICS), measured - set(METRICS)
 
 

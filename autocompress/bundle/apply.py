@@ -19,9 +19,12 @@ from autocompress.bundle.export import source_of, spec_document
 from autocompress.bundle.write import write_bundle
 from autocompress.deploy.artifacts import structure_for
 from autocompress.errors import AutocompressError, ConfigError, TrialFailed
+from autocompress.search.checks import check_devices
 from autocompress.search.context import study_context
 from autocompress.spec.config import StudySpec, load_study_spec, spec_from_dict
+from autocompress.spec.outputs import check_out_dir
 from autocompress.spec.policy import Policy
+from autocompress.spec.validate import policy_from_user
 from autocompress.spec.yamlfile import read_yaml
 from autocompress.trial.baseline import BASELINE_FILE
 from autocompress.trial.plan import describe
@@ -48,10 +51,7 @@ def read_policy_file(path: Path, *, with_study: bool = True) -> PolicyFile:
     if not isinstance(doc, dict):
         raise ConfigError(source, None, "expected a mapping (an exported policy.yaml, or policy sections)")
     exported = "policy" in doc
-    try:
-        policy = Policy.from_dict(doc["policy"] if exported else doc)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(source, "policy" if exported else None, str(exc)) from None
+    policy = policy_from_user(doc["policy"] if exported else doc, source, "policy" if exported else None)
     if not exported:
         return PolicyFile(policy, None, None)
     study = doc.get("study") if isinstance(doc.get("study"), dict) else {}
@@ -97,9 +97,13 @@ def apply_policy(policy_file: Path, *, epochs: int | None = None, out: Path | No
                                                   "(model, data and target to apply it to)")
     if epochs is not None and epochs < 0:
         raise ConfigError(None, "--epochs", "must be 0 or more")
-    if out is None:
+    check_devices(spec, local_workers=False)  # the study's devices, on the machine that applies it
+    if out is not None:
+        check_out_dir(out, "--out")
+    else:
         home = pf.run_dir if pf.run_dir is not None and pf.run_dir.is_dir() else Path(policy_file).parent
         out = home / "apply"
+        check_out_dir(out, "output folder")
     out = Path(out)
     reuse = study_file is None and pf.run_dir is not None and (pf.run_dir / BASELINE_FILE).is_file()
     baseline_dir = pf.run_dir if reuse else out
@@ -124,6 +128,7 @@ def apply_policy(policy_file: Path, *, epochs: int | None = None, out: Path | No
                     run_dir=str(pf.run_dir) if pf.run_dir else None, trial=pf.trial, metrics=dict(result.metrics),
                     baseline_metrics=ctx.baseline_metrics, measured_on=dataclasses.asdict(result.measured_on), provenance=provenance,
                     rule="autocompress apply", proof=dict(result.proof),
+                    measured=(result.deployment.file_name, result.deployment.artifact) if result.deployment else None,
                     history=[dataclasses.asdict(e) for e in result.history])
     artifacts = write_bundle(bundle, out)
     return ApplyResult(out, result.metrics, artifacts, provenance)

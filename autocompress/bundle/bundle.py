@@ -51,6 +51,8 @@ class Bundle:
     proof: dict[str, Any] | None = None
     history: list | None = None
     notes: tuple[str, ...] = ()
+    # the artifact the trial measured, as (file name, bytes): written as it is, never re-exported
+    measured: tuple[str, bytes] | None = None
 
 
 def policy_document(b: Bundle) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import torch
 
 from autocompress.bundle.bundle import METRICS_FILE, ONNX_FILE, POLICY_FILE, Bundle
 from autocompress.deploy.artifacts import TORCHSCRIPT_FILE
-from autocompress.metrics.registry import METRICS, format_value, metric_label
+from autocompress.metrics.registry import METRICS, change, format_measured, format_value, metric_label
 from autocompress.training.augment import describe_policy
 from autocompress.trial.plan import TrialPlan
 from autocompress.version import __version__
@@ -50,7 +50,9 @@ def tradeoff_rows(metrics: dict[str, Any], baseline: dict[str, Any]) -> list[str
     for m in METRICS:
         if m in metrics or m in baseline:
             v, base = metrics.get(m), baseline.get(m)
-            rows.append(f"| {metric_label(m)} | {format_value(m, v)} | {format_value(m, base)} | {_change(m, v, base)} |")
+            compared = change(m, v, base, metrics)
+            rows.append(f"| {metric_label(m)} | {format_measured(m, metrics)} | {format_value(m, base)} | "
+                        f"{compared[0] if compared else ''} |")
     return rows
 
 
@@ -84,6 +86,8 @@ Proof of compression (measured on the model):
 {chr(10).join(tradeoff_rows(b.metrics, b.baseline_metrics))}
 
 Accuracy is on the validation split (`test_accuracy` on the held-out test split). Latency measured on: {measured}.
+Latency is compared with the baseline by `speedup`: both models timed in turn in one process, over
+several rounds (median and interquartile range of the per-round ratios); sizes and counts by their exact ratio.
 
 {_files_and_loading(artifacts, out, shape)}
 
@@ -127,11 +131,3 @@ def _model_reference(m: dict[str, Any]) -> str:
         return str(m)
     kwargs = ", ".join(f"{k}={v}" for k, v in (m.get("kwargs") or {}).items())
     return f"{kind}:{m[kind]}" + (f" ({kwargs})" if kwargs else "")
-
-
-def _change(metric: str, v: Any, base: Any) -> str:
-    if not isinstance(v, (int, float)) or not isinstance(base, (int, float)):
-        return ""
-    if metric in METRICS and METRICS[metric].unit == "fraction":
-        return f"{(v - base) * 100:+.2f} points"
-    return f"x{v / base:.3g}" if base else ""

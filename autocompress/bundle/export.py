@@ -87,7 +87,10 @@ def export_study(results: Results, *, rule: Rule, out: Path | None = None,
 def _saved_bundle(t: TrialRecord, saved: Path, run_dir: Path, common: dict[str, Any]) -> Bundle:
     """The model the trial trained and measured during the search."""
     where = saved.relative_to(run_dir) if saved.is_relative_to(run_dir) else saved.name
+    file = (t.proof.get("runtime") or {}).get("file")   # the artifact the trial measured (older trials: none)
+    measured = (file, (saved / file).read_bytes()) if file and (saved / file).is_file() else None
     return Bundle(model=load_exported(saved), structure=json.loads((saved / STRUCTURE_FILE).read_text()),
+                  measured=measured,
                   metrics=dict(t.metrics), measured_on=dataclasses.asdict(t.measured_on) if t.measured_on else {},
                   proof=dict(t.proof), history=[dataclasses.asdict(e) for e in t.history],
                   provenance=f"the model trial {t.number} trained and measured during the search (saved under {where})",
@@ -108,6 +111,7 @@ def _rerun_bundle(t: TrialRecord, spec: StudySpec, baseline_dir: Path, common: d
         raise AutocompressError(f"re-running trial {t.number} failed: {error_line(exc)}") from None
     recorded = t.metrics.get("accuracy")
     return Bundle(model=res.model, structure=structure_for(res.model, spec, ctx.data, t.policy),
+                  measured=(res.deployment.file_name, res.deployment.artifact) if res.deployment else None,
                   metrics=dict(res.metrics), measured_on=dataclasses.asdict(res.measured_on), proof=dict(res.proof),
                   history=[dataclasses.asdict(e) for e in res.history],
                   provenance=f"re-run of trial {t.number}'s policy with its seed at export time (the search recorded "

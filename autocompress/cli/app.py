@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import math
 import sys
 import typing
 import warnings
@@ -20,6 +21,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 import typer.core
 from rich.console import Console
+from rich.markup import escape
 
 from autocompress.errors import AutocompressError, ConfigError
 
@@ -36,7 +38,7 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
             if "UsageError" in names:
                 ctx = getattr(exc, "ctx", None)
                 where = ctx.command_path if ctx is not None else "autocompress"
-                console.print(f"[bold red]error:[/] {where}: {exc.format_message()}", highlight=False,
+                console.print(f"[bold red]error:[/] {escape(f'{where}: {exc.format_message()}')}", highlight=False,
                               soft_wrap=True)
                 sys.exit(2)
             if "Abort" in names:
@@ -85,6 +87,7 @@ def command(options: type, name: str | None = None) -> Callable[[Callable[[Any],
     def register(fn: Callable[[Any], None]) -> Callable[[Any], None]:
         def run(**kwargs: Any) -> None:
             try:
+                check_finite(kwargs)
                 fn(options(**kwargs))
             except AutocompressError as exc:
                 fail(str(exc))
@@ -101,13 +104,22 @@ def command(options: type, name: str | None = None) -> Callable[[Callable[[Any],
     return register
 
 
+def check_finite(values: dict[str, Any]) -> None:
+    """A number option that is not finite (``--min-accuracy inf``, ``nan``: click parses both) is
+    refused before the command starts, naming the option."""
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(None, f"--{name.replace('_', '-')}", f"expected a finite number, got {value}")
+
+
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escaped: a message quoting YAML ("{knob: [values]}") must not be read as rich markup
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
 def say(message: str) -> None:
-    console.print(message, highlight=False)
+    console.print(escape(message), highlight=False)
 
 
 def duration(value: Optional[str], option: str) -> Optional[float]:

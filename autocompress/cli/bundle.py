@@ -33,9 +33,15 @@ def export_cmd(o: ExportOptions) -> None:
     from autocompress.bundle.export import export_study
     from autocompress.report.select import Rule
     from autocompress.search.results import load_results
+    from autocompress.search.storage import check_url
+    from autocompress.spec.outputs import check_out_dir
 
     if o.trial is not None and any(v is not None for v in (o.max_accuracy_drop, o.min_accuracy, o.minimize)):
         raise ConfigError(None, "--trial", "give either --trial or selection rules, not both")
+    if o.out is not None:
+        check_out_dir(o.out, "--out")
+    if o.storage is not None:
+        check_url(o.storage, "--storage", None)
     rule = Rule(trial=o.trial, max_accuracy_drop=o.max_accuracy_drop, min_accuracy=o.min_accuracy, minimize=o.minimize)
     res = export_study(load_results(o.study, storage=o.storage), rule=rule, out=o.out, say=say)
     for note in res.notes:

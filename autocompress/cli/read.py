@@ -15,7 +15,7 @@ from autocompress.cli.app import StorageOpt, StudyArg, Verbose, command, out_con
 
 def print_summary(study, name: str) -> None:  # noqa: ANN001 (an optuna.Study; imported lazily)
     """The feasible Pareto front as a table: the objectives, then the registry's summary metrics."""
-    from autocompress.metrics.registry import METRICS, format_value, summary_names
+    from autocompress.metrics.registry import METRICS, format_measured, summary_names
     from autocompress.report.front import pareto_front
 
     front = pareto_front(study)
@@ -33,11 +33,14 @@ def print_summary(study, name: str) -> None:  # noqa: ANN001 (an optuna.Study; i
     for c in columns:
         table.add_column(METRICS[c].head, justify="right", overflow="fold")
     for r in rows:
-        cells = [format_value(c, r.metrics.get(c), compact=True) for c in columns]
+        cells = [format_measured(c, r.metrics, compact=True) for c in columns]
         table.add_row(f"{r.number}{'*' if r.baseline else ''}", r.policy_summary, *cells)
     out_console.print(table)
     if front.baseline is not None:
         out_console.print("* baseline (the uncompressed model)", highlight=False)
+    if "speedup" in columns:
+        out_console.print("speedup: baseline latency / the point's, both timed in turn in one process; median of the "
+                          "per-round ratios ± their IQR", highlight=False)
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,10 @@ def status(o: StatusOptions) -> None:
     from autocompress.report.front import state_counts
     from autocompress.search.record import read_all
     from autocompress.search.results import load_results
+    from autocompress.search.storage import check_url
 
+    if o.storage is not None:
+        check_url(o.storage, "--storage", None)
     res = load_results(o.study, storage=o.storage)
     records = read_all(res.study)
     counts = state_counts(records)
@@ -81,7 +87,14 @@ def report(o: ReportOptions) -> None:
     setup_logging(o.verbose)
     from autocompress.report import write_report
     from autocompress.search.results import load_results
+    from autocompress.search.storage import check_url
+    from autocompress.spec.outputs import check_out_file
 
+    for option, path in (("--out", o.out), ("--csv", o.csv), ("--parquet", o.parquet)):
+        if path is not None:
+            check_out_file(path, option)  # all of them before the first is written
+    if o.storage is not None:
+        check_url(o.storage, "--storage", None)
     path = write_report(load_results(o.study, storage=o.storage), out=o.out, csv=o.csv, parquet=o.parquet)
     out_console.print(f"report: {path}" + "".join(f"\ntable: {p}" for p in (o.csv, o.parquet) if p), highlight=False)
 

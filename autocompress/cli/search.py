@@ -42,8 +42,8 @@ def search(o: SearchOptions) -> None:
     from autocompress.search.study import optimize, prepare
     from autocompress.spec.config import load_study_spec
 
-    spec = load_study_spec(o.study_file)
     timeout_s = duration(o.timeout, "--timeout")
+    spec = load_study_spec(o.study_file)
     run = prepare(spec, out=o.out, storage=o.storage, log=say)
     budget = o.trials or spec.budget.trials
     workers = o.workers or (len(spec.devices) if spec.devices else 1)
@@ -102,9 +102,13 @@ def worker(o: WorkerOptions) -> None:
     setup_logging(o.verbose)
     from autocompress.search.budget import budget_used
     from autocompress.search.record import read
+    from autocompress.search.storage import check_url
     from autocompress.search.study import Placement, optimize, prepare, spec_from_storage
     from autocompress.utils import redact_url
 
+    timeout_s = duration(o.timeout, "--timeout")  # every option is checked before the study is touched
+    from_env = o.storage == os.environ.get("AUTOCOMPRESS_STORAGE")
+    check_url(o.storage, "AUTOCOMPRESS_STORAGE" if from_env else "--storage", None)
     spec = spec_from_storage(o.study, o.storage)
     run = prepare(spec, out=o.out, storage=o.storage, log=say if o.verbose else (lambda m: None), create=False,
                   placement=Placement(device=o.device, threads=o.threads, worker_index=o.worker_index))
@@ -117,7 +121,7 @@ def worker(o: WorkerOptions) -> None:
         values = ", ".join(f"{m} {v:.4g}" for m, v in zip(spec.metric_names, trial.values or []))
         say(f"trial {trial.number} {trial.state.name.lower()}: {values or read(trial).reason}")
 
-    optimize(run, n_trials=o.trials, timeout=duration(o.timeout, "--timeout"), on_trial_end=one_line)
+    optimize(run, n_trials=o.trials, timeout=timeout_s, on_trial_end=one_line)
     budget = o.trials or spec.budget.trials
     say(f"worker {o.worker_index} ran {len(mine)} trial(s); the study has {budget_used(run.study)}"
         + (f" of {budget}" if budget else ""))

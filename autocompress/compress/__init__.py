@@ -1,4 +1,4 @@
-"""Compression techniques: pruning, regularization, distillation, quantization.
+"""Compression techniques: pruning, regularization, distillation, BatchNorm recalibration, quantization.
 
 ``pipeline(policy)`` says which techniques a policy turns on and what each declares
 (``base.Declaration``); ``Pipeline.build(ctx)`` makes them for one trial. See ``base.Technique``

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from autocompress.compress import distillation, pruning, quantization, regularization
+from autocompress.compress import batchnorm, distillation, pruning, quantization, regularization
 from autocompress.compress.base import Pipeline, Technique
 from autocompress.spec.policy import Policy
 
@@ -14,6 +14,7 @@ STAGES: tuple[Callable[[Policy], type[Technique] | None], ...] = (
     pruning.select,
     regularization.select,
     distillation.select,
+    batchnorm.select,     # after pruning's compress and after_finetune (the shrink), before int8 folds BN
     quantization.select,
 )
 

@@ -24,10 +24,11 @@ import torch
 from torch import nn
 
 from autocompress.compress.quantization import CastInputs, quantized_skeleton
+from autocompress.deploy.runtimes import Deployment
 from autocompress.errors import AutocompressError
 from autocompress.spec.config import ModelSpec, StudySpec
 from autocompress.spec.policy import Policy
-from autocompress.utils import atomic_torch_save, atomic_write_text, error_line
+from autocompress.utils import atomic_torch_save, atomic_write_bytes, atomic_write_text, error_line
 from autocompress.zoo import build_model
 from autocompress.zoo.data import DataBundle
 
@@ -149,11 +150,18 @@ def rebuild(structure: dict[str, Any]) -> nn.Module:
 
 # -- save and load -----------------------------------------------------------------------------
 
-def save_model(model: nn.Module, folder: Path, structure: dict[str, Any]) -> None:
-    """``model.pt`` (state dict) and ``structure.json``, each written atomically."""
-    # as is: the state dict's _metadata carries layer versions that quantized layers need to load
-    atomic_torch_save(model.state_dict(), Path(folder) / MODEL_FILE)
-    atomic_write_text(Path(folder) / STRUCTURE_FILE, json.dumps(structure, indent=1))
+def save_model(model: nn.Module, folder: Path, structure: dict[str, Any], shipped: Deployment | None = None) -> None:
+    """``model.pt`` (state dict) and ``structure.json``, and the deployed artifact as it was
+    measured (``shipped``: the very bytes, e.g. ``model.onnx``; for eager and torch.compile the
+    artifact is ``model.pt`` itself), each written atomically."""
+    folder = Path(folder)
+    if shipped is not None and shipped.file_name == MODEL_FILE:
+        atomic_write_bytes(folder / MODEL_FILE, shipped.artifact)
+    else:   # as is: the state dict's _metadata carries layer versions that quantized layers need to load
+        atomic_torch_save(model.state_dict(), folder / MODEL_FILE)
+        if shipped is not None:
+            atomic_write_bytes(folder / shipped.file_name, shipped.artifact)
+    atomic_write_text(folder / STRUCTURE_FILE, json.dumps(structure, indent=1))
 
 
 def load_exported(path: str | Path) -> nn.Module:
@@ -190,12 +198,13 @@ def load_exported(path: str | Path) -> nn.Module:
 
 
 def save_trial_model(model: nn.Module | None, policy: Policy, folder: Path, *, spec: StudySpec,
-                     data: DataBundle) -> Path | None:
-    """During a search: save a trial's final model. Never fails the trial (export can re-run it)."""
+                     data: DataBundle, shipped: Deployment | None = None) -> Path | None:
+    """During a search: save a trial's final model and its measured artifact. Never fails the
+    trial (export can re-run it)."""
     if model is None:
         return None
     try:
-        save_model(model, folder, structure_for(model, spec, data, policy))
+        save_model(model, folder, structure_for(model, spec, data, policy), shipped)
     except Exception as exc:
         log.warning("trial model not saved to %s: %s", folder, error_line(exc))
         return None

@@ -1,18 +1,20 @@
-"""Graph-optimized runtimes: the deployed model run by eager PyTorch, TorchScript,
-torch.compile or ONNX Runtime, and the check that a conversion kept its predictions.
+"""The deployed form of a model: run by eager PyTorch, TorchScript, torch.compile or ONNX
+Runtime, with the bytes that ship (``deploy``, the one deployment function).
 
-``to_runtime(model, backend, example, device=...)`` returns a module called like the eager
-model (tensors in, tensors out). ``build_runtime`` returns the same module with what the
-trial records: the serialized artifact (TorchScript archive, ONNX model; none for eager and
-torch.compile) and how long the conversion took.
+``deploy(model, runtime, example, device=..., threads=...)`` returns a ``Deployment``: the
+module that is evaluated and timed (called like the eager model, tensors in, tensors out),
+the artifact's bytes (TorchScript archive, ONNX model, or the state dict for eager and
+torch.compile), their SHA-256, and the CPU threads the runtime was built to use. The preview
+of an untrained model, the final measurement, the trial's saved files and ``export`` all take
+the artifact from here, so what is measured is what ships.
 
-Whether a backend runs a model is decided by trying it, never by a list: the conversion and
+Whether a runtime runs a model is decided by trying it, never by a list: the conversion and
 one forward pass on ``example`` run here, and any error becomes ``TrialFailed`` with the
 reason. What was found on torch 2.14.1 / onnxruntime 1.32 (CPU):
 
 - int8 torch.ao FX models (static/QAT) run in TorchScript, and in ONNX Runtime (the legacy
-  exporter writes QuantizeLinear/DequantizeLinear pairs, which ONNX Runtime fuses); predictions
-  agree, logits differ by about one quantization step.
+  exporter writes QuantizeLinear/DequantizeLinear pairs, which ONNX Runtime fuses); logits
+  differ by about one quantization step (``deploy.agreement``).
 - torch.compile cannot trace the quantized ops ("quantized nyi in meta tensors") and would
   silently run such a model eagerly, so ``compile`` requires one whole graph
   (``fullgraph=True``) and fails the trial otherwise.
@@ -20,6 +22,9 @@ reason. What was found on torch 2.14.1 / onnxruntime 1.32 (CPU):
   exporter (``dynamo=False``) exports conv nets, int8 included.
 - Inductor compiles C++ with the system compiler: tens of seconds per new input shape on a
   small CPU, which a trial pays once (recorded as ``build_s`` plus the check's recompiles).
+- A TorchScript archive carries debug records (the Python call stack of the trace): they are
+  left out of the artifact (``torch.jit.load`` does not need them), which makes it smaller
+  and its size independent of who traced it.
 
 onnxruntime is imported when an ONNX session is built (0.3 s; most trials never need one).
 """
@@ -27,9 +32,11 @@ onnxruntime is imported when an ONNX session is built (0.3 s; most trials never 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import time
 import warnings
+import zipfile
 import zlib
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -39,6 +46,7 @@ from torch import nn
 
 from autocompress.compress.quantization import quantized_layers
 from autocompress.errors import TrialFailed
+from autocompress.metrics.size import serialized_bytes
 from autocompress.utils import error_line
 
 
@@ -60,46 +68,45 @@ RUNTIMES: dict[str, RuntimeInfo] = {
     "onnxruntime": RuntimeInfo("onnxruntime", converts=True, previewable=True, label="onnxruntime"),
 }
 BACKENDS = tuple(RUNTIMES)
-MIN_AGREEMENT = 0.995      # top-1 agreement with the eager model on the validation split
-# Max |logit difference| allowed, relative to the largest |logit|: float runtimes differ by
-# ~1e-7 of it; an int8 model in ONNX Runtime by one or a few output quantization steps.
-LOGIT_RTOL = 0.05
-
-
-@dataclass
-class Runtime:
-    """A model converted for one backend; ``module`` is what is evaluated and timed."""
-    backend: str
-    module: nn.Module
-    artifact: bytes | None   # what would be deployed; None where the runtime has no file
-    artifact_kind: str       # "torchscript archive" | "onnx model" | "none"
-    build_s: float
-
-    @property
-    def size_mb(self) -> float | None:
-        return None if self.artifact is None else len(self.artifact) / 1e6
-
-    @property
-    def compressed_size_mb(self) -> float | None:
-        return None if self.artifact is None else len(zlib.compress(self.artifact, 6)) / 1e6
-
-    def proof(self) -> dict[str, Any]:
-        return {"backend": self.backend, "artifact": self.artifact_kind,
-                "artifact_size_mb": None if self.size_mb is None else round(self.size_mb, 6),
-                "build_s": round(self.build_s, 3)}
+FILES = {"eager": "model.pt", "compile": "model.pt", "torchscript": "model.torchscript.pt", "onnxruntime": "model.onnx"}
+KINDS = {"eager": "state dict", "compile": "state dict", "torchscript": "torchscript archive",
+         "onnxruntime": "onnx model"}
 
 
 @dataclass(frozen=True)
-class Agreement:
-    """How far a runtime's logits are from the eager model's on the same inputs."""
-    top1_agreement: float
-    max_abs_diff: float
-    tolerance: float
-    samples: int
+class Deployment:
+    """A model in the form it ships: ``module`` is what is evaluated and timed, ``artifact``
+    the bytes of the file that ships (``file_name``)."""
+    runtime: str
+    module: nn.Module
+    artifact: bytes
+    threads: int              # CPU threads the runtime was built to use (ONNX Runtime: its session's)
+    build_s: float
 
-    def as_dict(self) -> dict[str, float]:
-        return {"top1_agreement": self.top1_agreement, "max_abs_diff": self.max_abs_diff,
-                "tolerance": self.tolerance, "samples": self.samples}
+    @property
+    def artifact_kind(self) -> str:
+        return KINDS[self.runtime]
+
+    @property
+    def file_name(self) -> str:
+        return FILES[self.runtime]
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.artifact).hexdigest()
+
+    @property
+    def size_mb(self) -> float:
+        return len(self.artifact) / 1e6
+
+    @property
+    def compressed_size_mb(self) -> float:
+        return len(zlib.compress(self.artifact, 6)) / 1e6
+
+    def proof(self) -> dict[str, Any]:
+        return {"backend": self.runtime, "artifact": self.artifact_kind, "file": self.file_name,
+                "artifact_size_mb": round(self.size_mb, 6), "artifact_sha256": self.sha256,
+                "threads": self.threads, "build_s": round(self.build_s, 3)}
 
 
 class OnnxRuntimeModule(nn.Module):
@@ -110,74 +117,43 @@ class OnnxRuntimeModule(nn.Module):
         super().__init__()
         self.session = session
         self.input_name = session.get_inputs()[0].name
+        self.threads = int(session.get_session_options().intra_op_num_threads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[0]
         return torch.from_numpy(out).to(x.device)
 
 
-def to_runtime(model: nn.Module, backend: str, example: torch.Tensor, *, device: str = "cpu",
-               threads: int | None = None) -> nn.Module:
-    """``model`` converted for ``backend``; raises ``TrialFailed`` where it cannot run.
+def deploy(model: nn.Module, runtime: str, example: torch.Tensor, *, device: str = "cpu",
+           threads: int = 1) -> Deployment:
+    """``model`` (number format already applied) in its runtime, with the bytes that ship;
+    raises ``TrialFailed`` where the runtime cannot run it.
 
     Example::
 
-        fast = to_runtime(model, "onnxruntime", torch.randn(2, 1, 8, 8))
-        logits = fast(batch)
+        shipped = deploy(int8_model, "onnxruntime", torch.randn(2, 1, 8, 8), threads=1)
+        logits = shipped.module(batch); open(shipped.file_name, "wb").write(shipped.artifact)
     """
-    return build_runtime(model, backend, example, device=device, threads=threads).module
-
-
-def build_runtime(model: nn.Module, backend: str, example: torch.Tensor, *, device: str = "cpu",
-                  threads: int | None = None) -> Runtime:
-    """Like ``to_runtime``, with the serialized artifact and the conversion time."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown runtime {backend!r} (choose from: {', '.join(BACKENDS)})")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r} (choose from: {', '.join(RUNTIMES)})")
     model = model.to(device).eval()
     example = example.to(device)
-    if backend == "eager":
-        return Runtime("eager", model, None, "none", 0.0)
     start = time.perf_counter()
-    with _fails_trial(backend, model):
-        if backend == "torchscript":
-            (module, artifact), kind = _torchscript(model, example), "torchscript archive"
-        elif backend == "compile":
-            module, artifact, kind = torch.compile(model, fullgraph=True), None, "none"
-        else:
+    with _fails_trial(runtime, model):
+        if runtime == "torchscript":
+            module, artifact = _torchscript(model, example)
+        elif runtime == "onnxruntime":
             artifact = export_onnx(model, example)
-            module, kind = OnnxRuntimeModule(_session(artifact, device, threads)), "onnx model"
+            module = OnnxRuntimeModule(_session(artifact, device, threads))
+            threads = module.threads
+        else:
+            module = torch.compile(model, fullgraph=True) if runtime == "compile" else model
+            artifact = serialized_bytes(model)
         with torch.inference_mode():
             out = module(example)  # the first call compiles (torch.compile) or fails here
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"returns {type(out).__name__}, not a tensor of logits")
-    return Runtime(backend, module, artifact, kind, time.perf_counter() - start)
-
-
-def check_predictions(reference: torch.Tensor, candidate: torch.Tensor, *,
-                      min_agreement: float = MIN_AGREEMENT, rtol: float = LOGIT_RTOL) -> Agreement:
-    """Compare a runtime's logits with the eager model's on the same inputs (same order).
-
-    Returns the agreement; raises ``TrialFailed`` when top-1 agreement is below
-    ``min_agreement``, when a logit moved by more than ``rtol`` times the largest |logit|, or
-    when the runtime produced non-finite values: such an export changes the model.
-    """
-    reference, candidate = reference.float().cpu(), candidate.float().cpu()
-    if reference.shape != candidate.shape:
-        raise TrialFailed(f"runtime output shape {tuple(candidate.shape)} differs from eager "
-                          f"{tuple(reference.shape)}")
-    if not torch.isfinite(candidate).all():
-        raise TrialFailed("runtime produced non-finite logits")
-    agreement = (reference.argmax(1) == candidate.argmax(1)).float().mean().item()
-    diff = (reference - candidate).abs().max().item() if reference.numel() else 0.0
-    tol = rtol * max(reference.abs().max().item() if reference.numel() else 0.0, 1e-6)
-    result = Agreement(agreement, diff, tol, reference.shape[0])
-    if agreement < min_agreement:
-        raise TrialFailed(f"runtime changes predictions: top-1 agreement with eager {agreement:.2%} "
-                          f"< {min_agreement:.1%} on {reference.shape[0]} samples")
-    if diff > tol:
-        raise TrialFailed(f"runtime changes logits: max |diff| {diff:.3g} > tolerance {tol:.3g} "
-                          f"({rtol:.0%} of the largest logit)")
-    return result
+    return Deployment(runtime, module, artifact, threads, time.perf_counter() - start)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
@@ -211,16 +187,27 @@ def is_int8_ao(model: nn.Module) -> bool:
 
 
 def _torchscript(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, bytes]:
-    """Traced, frozen (weights folded in as constants) and its archive's bytes."""
+    """Traced, frozen (weights folded in as constants) and its archive's bytes without the
+    debug records; the module returned is loaded from those bytes, so it is what ships."""
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TorchScript deprecation notices, tracer warnings
-        frozen = torch.jit.freeze(torch.jit.trace(model, (example,))).eval()
+        frozen = torch.jit.freeze(torch.jit.trace(model, (example,)))
         torch.jit.save(frozen, buf)
-    return frozen, buf.getvalue()
+        artifact = _without_debug_records(buf.getvalue())
+        return torch.jit.load(io.BytesIO(artifact), map_location=example.device).eval(), artifact
 
 
-def _session(model_bytes: bytes, device: str, threads: int | None) -> Any:
+def _without_debug_records(archive: bytes) -> bytes:
+    src, out = zipfile.ZipFile(io.BytesIO(archive)), io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            if not info.filename.endswith(".debug_pkl"):
+                dst.writestr(info, src.read(info.filename))
+    return out.getvalue()
+
+
+def _session(model_bytes: bytes, device: str, threads: int) -> Any:
     import onnxruntime as ort
 
     providers = ["CPUExecutionProvider"]
@@ -231,9 +218,8 @@ def _session(model_bytes: bytes, device: str, threads: int | None) -> Any:
         providers.insert(0, "CUDAExecutionProvider")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if threads:  # the same thread budget as the PyTorch runtimes get
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
+    opts.intra_op_num_threads = threads   # the same thread budget as the PyTorch runtimes get
+    opts.inter_op_num_threads = 1
     return ort.InferenceSession(model_bytes, sess_options=opts, providers=providers)
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Mapping
 
 from autocompress.metrics.memory import peak_memory_unavailable
 
@@ -47,6 +47,10 @@ class Metric:
     objective: bool = True
     short: str = ""
     in_summary: bool = False
+    spread: str | None = None      # the metric holding this one's spread (IQR) over ``rounds``
+    rounds: str | None = None
+    exact: bool = False            # a count or a byte size: a ratio of two values is exact
+    side_by_side: str | None = None  # the ratio to the baseline measured side by side (latency: speedup)
     unavailable: Callable[[str], str | None] | None = None
 
     def better(self, a: float, b: float) -> bool:
@@ -69,11 +73,24 @@ _REGISTRY: tuple[Metric, ...] = (
            kind="quality", short="drop", in_summary=True),
     Metric("latency_ms", "ms", "minimize", "median latency of one batch on the target device, milliseconds",
            final_at="deployment", previewed=True, runtime_dependent=True, noise_rtol=0.05, short="lat ms",
-           in_summary=True),
+           in_summary=True, side_by_side="speedup"),
     Metric("latency_iqr_ms", "ms", "minimize", "interquartile range of the latency runs, milliseconds",
            final_at="deployment", runtime_dependent=True, objective=False),
     Metric("latency_runs", "count", "maximize", "timed runs behind the latency median",
            objective=False),
+    Metric("top1_agreement", "fraction", "maximize",
+           "top-1 agreement of the deployed artifact's predictions with the eager model's on the validation "
+           "split (1 for the eager runtime)", kind="quality", short="agree"),
+    Metric("speedup", "x", "maximize",
+           "baseline latency / this model's, median of per-round ratios measured side by side in one process",
+           final_at="deployment", runtime_dependent=True, noise_rtol=0.05, short="speedup", in_summary=True,
+           spread="speedup_iqr", rounds="speedup_rounds"),
+    Metric("speedup_iqr", "x", "minimize", "interquartile range of the per-round speedups",
+           final_at="deployment", runtime_dependent=True, objective=False),
+    Metric("speedup_rounds", "count", "maximize", "rounds of the side-by-side measurement behind speedup",
+           objective=False),
+    Metric("size_ratio", "x", "minimize", "size_mb / the baseline's size_mb (bytes of the shipped artifacts)",
+           final_at="deployment", runtime_dependent=True, exact=True),
     Metric("throughput_sps", "samples/s", "maximize",
            "samples per second at target.throughput_batch_size on the target device",
            final_at="deployment", runtime_dependent=True, noise_rtol=0.05),
@@ -84,15 +101,15 @@ _REGISTRY: tuple[Metric, ...] = (
     Metric("size_mb", "MB", "minimize",
            "serialized model, megabytes (10^6 bytes): the runtime's artifact (TorchScript archive, ONNX "
            "model) where it has one, else the state dict",
-           final_at="deployment", previewed=True, runtime_dependent=True, short="MB", in_summary=True),
+           final_at="deployment", previewed=True, runtime_dependent=True, short="MB", in_summary=True, exact=True),
     Metric("size_compressed_mb", "MB", "minimize",
-           "serialized model after zlib compression (zeros compress), MB", runtime_dependent=True),
+           "serialized model after zlib compression (zeros compress), MB", runtime_dependent=True, exact=True),
     Metric("flops", "FLOPs/sample", "minimize", "floating-point operations of one sample's forward pass",
-           final_at="structure", previewed=True, short="FLOPs", in_summary=True),
+           final_at="structure", previewed=True, short="FLOPs", in_summary=True, exact=True),
     Metric("params", "count", "minimize",
            "parameters stored in the model (pruned-away channels are gone, zeros count)",
-           final_at="structure", previewed=True, in_summary=True),
-    Metric("nonzero_params", "count", "minimize", "parameters that are not zero", previewed=True),
+           final_at="structure", previewed=True, in_summary=True, exact=True),
+    Metric("nonzero_params", "count", "minimize", "parameters that are not zero", previewed=True, exact=True),
 )
 
 METRICS: dict[str, Metric] = {m.name: m for m in _REGISTRY}
@@ -126,7 +143,41 @@ def format_value(name: str, value: object, *, compact: bool = False) -> str:
         return f"{value:.4f}"
     if unit == "ms":
         return f"{value:.4g}"
+    if unit == "x":
+        return f"{value:.3g}x"
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def format_measured(name: str, metrics: Mapping[str, object], *, compact: bool = False) -> str:
+    """``format_value``, with the spread and rounds of a metric measured over rounds (a ratio
+    measured side by side): "2.13x ±0.04 (5 rounds)"."""
+    text = format_value(name, metrics.get(name), compact=compact)
+    metric = METRICS.get(name)
+    spread = metrics.get(metric.spread) if metric and metric.spread else None
+    if text == "n/a" or not isinstance(spread, (int, float)):
+        return text
+    rounds = metrics.get(metric.rounds) if metric.rounds else None
+    return f"{text} ±{spread:.2g}" + (f" ({int(rounds)} rounds)" if rounds and not compact else "")
+
+
+def change(name: str, value: object, base: object, metrics: Mapping[str, object]) -> tuple[str, bool] | None:
+    """How ``value`` compares with the baseline's ``base``, and whether that is better; None
+    where no fair comparison exists. Fractions differ in points; exact metrics (counts, bytes)
+    by their ratio; latency by the ratio measured side by side (``speedup``, with its spread
+    and rounds), never by dividing two figures measured apart."""
+    metric = METRICS.get(name)
+    if metric is None or not isinstance(value, (int, float)) or not isinstance(base, (int, float)):
+        return None
+    if metric.unit == "fraction":
+        d = value - base
+        return f"{d * 100:+.2f} points", (d >= 0) == (metric.direction == "maximize")
+    if metric.side_by_side and isinstance(metrics.get(metric.side_by_side), (int, float)):
+        speedup = metrics[metric.side_by_side]
+        return f"x{1 / speedup:.3g} (speedup {format_measured(metric.side_by_side, metrics)})", speedup >= 1
+    if metric.exact and base:
+        ratio = value / base
+        return f"x{ratio:.3g} ({(ratio - 1) * 100:+.1f}%)", (ratio <= 1) == (metric.direction == "minimize")
+    return None
 
 
 def summary_names(objectives: list[str]) -> list[str]:

@@ -76,7 +76,8 @@ def trials_frame(records: list[TrialRecord], front: Front) -> pd.DataFrame:
 
 def study_summary(study: optuna.Study, spec: dict[str, Any], records: list[TrialRecord],
                   run_dir: Any = None) -> dict[str, Any]:
-    """Model, data, baseline, objectives, constraints, budget, sampler, devices, dates."""
+    """Model, data (and each split's size and origin), baseline, objectives, constraints,
+    budget, sampler, devices, dates."""
     info = study_info(study)
     searched = [r for r in records if not r.baseline]
     starts, ends = [r.started for r in searched if r.started], [r.finished for r in searched if r.finished]
@@ -88,6 +89,7 @@ def study_summary(study: optuna.Study, spec: dict[str, Any], records: list[Trial
         "study": study.study_name, "run_dir": str(run_dir) if run_dir else None,
         "description": spec.get("description") or "",
         "model": info.model or _reference(spec.get("model")), "data": info.data or _reference(spec.get("data")),
+        "data_splits": [dataclasses.asdict(s) for s in info.data_splits],  # name, size, origin; [] in older studies
         "objectives": [f"{d} {n}" for n, d in zip(names, directions)],
         "constraints": list(info.constraints or spec.get("constraints") or []),
         "budget": spec.get("budget") or {}, "target": spec.get("target") or {},

@@ -18,6 +18,8 @@ def summary_section(data: ReportData) -> str:
     items = [
         ("study", esc(s["study"])), ("description", esc(s.get("description")) or "-"),
         ("model", esc(s.get("model"))), ("data", esc(s.get("data"))),
+        ("data splits", "<br>".join(esc(f"{d['name']}: {d['size']} samples, {d['origin']}")
+                                    for d in s.get("data_splits", [])) or "-"),
         ("objectives", esc(", ".join(s.get("objectives", [])))),
         ("constraints", esc(", ".join(s.get("constraints", [])) or "none")),
         ("budget", esc(budget_text)), ("sampler", esc(s.get("sampler"))), ("seed", esc(s.get("seed"))),

@@ -9,7 +9,7 @@ import html
 import json
 from typing import Any, Iterable
 
-from autocompress.metrics.registry import format_value
+from autocompress.metrics.registry import change, format_value
 from autocompress.report.data import UNITS
 from autocompress.report.figures import label
 
@@ -40,24 +40,17 @@ def metrics_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = Non
         cells = f"<td class='t'>{esc(label(m))}</td><td>{esc(fmt(m, v))}</td>"
         if baseline:
             b = baseline.get(m)
-            cells += f"<td>{esc(fmt(m, b))}</td><td>{_change(m, v, b)}</td>"
+            cells += f"<td>{esc(fmt(m, b))}</td><td>{_change(m, v, b, metrics)}</td>"
         rows.append(f"<tr>{cells}</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def _change(metric: str, v: Any, b: Any) -> str:
-    if metric not in UNITS or metric == "latency_iqr_ms":
+def _change(metric: str, v: Any, b: Any, metrics: dict[str, Any]) -> str:
+    compared = change(metric, v, b, metrics)
+    if compared is None:
         return ""
-    if not isinstance(v, (int, float)) or not isinstance(b, (int, float)) or isinstance(v, bool):
-        return ""
-    if UNITS.get(metric) == "fraction":
-        d = v - b
-        good = d >= 0 if metric != "accuracy_drop" else d <= 0
-        return f"<span class='{'good' if good else 'bad'}'>{d * 100:+.2f} points</span>"
-    if not b:
-        return ""
-    ratio = v / b
-    return f"<span class='{'good' if ratio <= 1 else 'bad'}'>x{ratio:.3g} ({(ratio - 1) * 100:+.1f}%)</span>"
+    text, good = compared
+    return f"<span class='{'good' if good else 'bad'}'>{esc(text)}</span>"
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,7 +1,7 @@
-"""What ``study.prepare`` checks before it writes anything: the model runs on the data, the
-augmentation choices fit the data, and an existing study under the same name is one this
-study file can resume (same objectives, model and data kind; knobs Optuna can still take).
-Each problem is a ``ConfigError`` naming the study file and field."""
+"""What ``study.prepare`` checks before it writes anything: the devices it will use are here,
+the model runs on the data, the augmentation choices fit the data, and an existing study under
+the same name is one this study file can resume (same objectives, model and data kind; knobs
+Optuna can still take). Each problem is a ``ConfigError`` naming the study file and field."""
 
 from __future__ import annotations
 
@@ -11,13 +11,35 @@ import optuna
 import torch
 from torch import nn
 
+from autocompress.devices import why_absent
 from autocompress.errors import ConfigError
 from autocompress.search.record import read_study_info
 from autocompress.spec.config import StudySpec
+from autocompress.spec.fields import device_name
 from autocompress.spec.space import SearchSpace
 from autocompress.training.augment import misfit
 from autocompress.utils import error_line
 from autocompress.zoo.data import DataBundle
+
+
+def check_devices(spec: StudySpec, training: str | None = None, *, local_workers: bool = True) -> None:
+    """The devices this process will use are on this machine: the training device (``training``,
+    a worker's ``--device``, else the study's ``device``) and ``target.device``; with
+    ``local_workers`` (``search``) also the study's ``devices``. A worker resuming a study made
+    elsewhere is not held to the devices listed for that machine."""
+    used = [(spec.source, "target.device", spec.target.device)]
+    if training is None:
+        used.append((spec.source, "device", spec.device))
+    else:
+        try:
+            used.append((None, "--device", device_name(training, auto=True)))
+        except ValueError as exc:
+            raise ConfigError(None, "--device", str(exc)) from None
+    if local_workers:
+        used += [(spec.source, f"devices[{i}]", d) for i, d in enumerate(spec.devices or [])]
+    for source, field, device in used:
+        if reason := why_absent(device):
+            raise ConfigError(source, field, f"{device} is not here: {reason}")
 
 
 def check_forward(model: nn.Module, data: DataBundle, spec: StudySpec) -> None:

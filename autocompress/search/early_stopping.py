@@ -23,32 +23,35 @@ from autocompress.search.record import TrialRecord, read_all
 from autocompress.spec.config import StudySpec
 from autocompress.training.loop import Epoch
 from autocompress.trial.plan import TrialPlan
-from autocompress.trial.result import Preview
+from autocompress.trial.result import Preview, Screen
 
 
 def early_stop_func(spec: StudySpec, study: optuna.Study, plan: TrialPlan, *, epochs: int
-                    ) -> Callable[[int, Epoch, Preview], str | None] | None:
+                    ) -> Callable[[int, Epoch, Preview], Screen] | None:
     es = spec.early_stopping
     if es.rule == "none" or not plan.pipeline.structure_final_after_compress:
         return None  # a structure that still changes while training dips accuracy on purpose
     comparable = _comparable(spec, plan)
 
-    def on_epoch(epoch: int, row: Epoch, preview: Preview) -> str | None:
+    def on_epoch(epoch: int, row: Epoch, preview: Preview) -> Screen:
         if epoch < max(1, es.grace_epochs) or epoch >= epochs:
-            return None  # stopping after the last epoch would save nothing
+            return Screen()  # stopping after the last epoch would save nothing
         acc = row.val_accuracy
-        better = [r.number for r in read_all(study, (TrialState.COMPLETE, TrialState.PRUNED))
-                  if not r.baseline and len(r.history) >= epoch and comparable(r, preview)
-                  and r.history[epoch - 1].val_accuracy >= acc + es.margin]
-        if len(better) >= es.min_dominators:
-            return (f"dominated at epoch {epoch}: val accuracy {acc:.4f}, trial(s) "
-                    f"{', '.join(map(str, better[:5]))} reached >= {acc + es.margin:.4f} at equal or lower cost")
-        return None
+        found = {r.number: comparable(r, preview) for r in read_all(study, (TrialState.COMPLETE, TrialState.PRUNED))
+                 if not r.baseline and len(r.history) >= epoch and r.history[epoch - 1].val_accuracy >= acc + es.margin}
+        clear = [n for n, how in found.items() if how == "clear"]
+        better = [n for n, how in found.items() if how]
+        if len(better) < es.min_dominators:
+            return Screen()
+        reason = (f"dominated at epoch {epoch}: val accuracy {acc:.4f}, trial(s) "
+                  f"{', '.join(map(str, better[:5]))} reached >= {acc + es.margin:.4f} at equal or lower cost")
+        # a dominance that rests on a latency within its noise: measure this trial's again first
+        return Screen(reason, borderline=len(clear) < es.min_dominators and not preview.remeasured)
 
     return on_epoch
 
 
-def _comparable(spec: StudySpec, plan: TrialPlan) -> Callable[[TrialRecord, Preview], bool]:
+def _comparable(spec: StudySpec, plan: TrialPlan) -> Callable[[TrialRecord, Preview], str]:
     """Whether another trial's costs are known to be as good as or better than this one's."""
     objectives = set(spec.metric_names)
     costs = [m for m in previewed_costs() if m in objectives]
@@ -61,18 +64,21 @@ def _comparable(spec: StudySpec, plan: TrialPlan) -> Callable[[TrialRecord, Prev
     same_structure = plan.structure_key if unjudged else None
     fmt, runtime = plan.pipeline.number_format.name, plan.runtime.name
 
-    def comparable(other: TrialRecord, preview: Preview) -> bool:
+    def comparable(other: TrialRecord, preview: Preview) -> str:
+        """"clear" (costs as good or better), "within noise" (only within a cost's noise), or ""."""
         if other.policy is None or other.preview is None:
-            return False
+            return ""
         theirs = TrialPlan(other.policy)
         if theirs.pipeline.number_format.name != fmt:
-            return False
+            return ""
         previewed = other.preview.deployed and preview.deployed   # final costs: comparable across runtimes
         if same_runtime and not previewed and theirs.runtime.name != runtime:
-            return False
+            return ""
         if same_structure is not None and other.structure_key != same_structure:
-            return False
+            return ""
         mine, them = preview.metrics, other.preview.metrics
-        return all(m in them and m in mine and METRICS[m].better(them[m], mine[m]) for m in costs)
+        if not all(m in them and m in mine and METRICS[m].better(them[m], mine[m]) for m in costs):
+            return ""
+        return "clear" if all(them[m] <= mine[m] for m in costs) else "within noise"
 
     return comparable

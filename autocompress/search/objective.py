@@ -94,7 +94,7 @@ def _sample(run: StudyRun, trial: optuna.Trial) -> Policy:
 
 def _objective(run: StudyRun, trial: optuna.Trial) -> list[float]:
     spec, plan = run.spec, TrialPlan(_sample(run, trial))
-    record.write_start(trial, plan.policy, summary=plan.describe(), keys=(plan.structure_key, plan.cost_key),
+    record.write_start(trial, plan.policy, summary=plan.describe(), keys=(plan.structure_key, run.ctx.preview_key(plan)),
                        pid=os.getpid())
     ctx = replace(run.ctx, seed=spec.seed + trial.number, prescreen=prescreen_func(spec, plan),
                   on_epoch=early_stop_func(spec, run.study, plan, epochs=run.ctx.epochs))
@@ -130,5 +130,6 @@ def _save_model(run: StudyRun, trial: optuna.Trial, result: TrialResult) -> None
     if any(v > 0 for v in constraint_values(run.spec, result.metrics).values()):
         return
     folder = f"trials/{trial.number}"
-    if save_trial_model(result.model, result.policy, run.run_dir / folder, spec=run.spec, data=run.ctx.data) is not None:
+    if save_trial_model(result.model, result.policy, run.run_dir / folder, spec=run.spec, data=run.ctx.data,
+                        shipped=result.deployment) is not None:
         record.write_model_dir(trial, folder)

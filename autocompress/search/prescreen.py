@@ -12,11 +12,15 @@ from typing import Callable
 from autocompress.metrics.registry import METRICS
 from autocompress.spec.config import StudySpec
 from autocompress.trial.plan import TrialPlan
-from autocompress.trial.result import Preview
+from autocompress.trial.result import Preview, Screen
 
 
-def prescreen_func(spec: StudySpec, plan: TrialPlan) -> Callable[[Preview], str | None] | None:
-    """A check of the preview against the constraints it can already judge, or None."""
+def prescreen_func(spec: StudySpec, plan: TrialPlan) -> Callable[[Preview], Screen] | None:
+    """A check of the preview against the constraints it can already judge, or None.
+
+    A value beyond its bound by more than the metric's noise (the registry's ``noise_rtol``)
+    ends the trial; one beyond it by less is measured again, longer, before it may end the
+    trial (``Screen.borderline``), and then ends it if still beyond the bound."""
     if not spec.prescreen:
         return None
     final = plan.final_after_compress()
@@ -24,14 +28,17 @@ def prescreen_func(spec: StudySpec, plan: TrialPlan) -> Callable[[Preview], str 
     if not cons:
         return None
 
-    def check(preview: Preview) -> str | None:
+    def check(preview: Preview) -> Screen:
+        borderline = None
         for c in cons:
             value = preview.metrics.get(c.metric)
-            if value is None:
+            if value is None or c.violation(value) <= 0:
                 continue
-            slack = METRICS[c.metric].noise_rtol * abs(c.bound)   # a noisy measurement gets slack
-            if c.violation(value) > slack:
-                return f"{c.metric} = {value:.4g} already breaks '{c}' before training"
-        return None
+            reason = f"{c.metric} = {value:.4g} already breaks '{c}' before training"
+            noise = METRICS[c.metric].noise_rtol * abs(c.bound)
+            if c.violation(value) > noise or preview.remeasured:
+                return Screen(reason + (" (measured again)" if preview.remeasured and noise else ""))
+            borderline = borderline or Screen(reason, borderline=True)
+        return borderline or Screen()
 
     return check

@@ -22,11 +22,13 @@ from autocompress.errors import FailureKey
 from autocompress.spec.policy import Policy
 from autocompress.training.loop import Epoch
 from autocompress.trial.result import MeasuredOn, Preview, Stopped, TrialResult
+from autocompress.zoo.splits import Split
 
 # Optuna user attributes of a trial (the storage's names; optuna-dashboard shows them as they are).
 _BASELINE, _POLICY, _SUMMARY, _METRICS = "baseline", "policy", "policy_summary", "metrics"
 _PROOF, _HISTORY, _TIMINGS, _MEASURED_ON = "proof", "history", "timings", "measured_on"
 _EPOCHS_RUN, _PREVIEW, _PREVIEW_DEPLOYED = "epochs_run", "cheap_metrics", "preview_deployed"
+_PREVIEW_REMEASURED = "preview_remeasured"
 _PRESCREENED, _STOPPED_EARLY = "prescreened", "stopped_early"
 _FAIL_REASON, _TRACEBACK, _INTERRUPTED, _KNOWN_AS = "fail_reason", "traceback", "interrupted", "failure_known_as"
 _WARM_START, _STRUCTURE_KEY, _COST_KEY = "warm_start", "structure_key", "cost_key"
@@ -141,7 +143,7 @@ def _read_preview(a: Mapping[str, Any]) -> Preview | None:
         return None
     metrics = {k: v for k, v in raw.items() if k != "deployed"}
     deployed = a.get(_PREVIEW_DEPLOYED, bool(raw.get("deployed")))  # older studies kept the flag inside
-    return Preview(metrics, deployed=bool(deployed))
+    return Preview(metrics, deployed=bool(deployed), remeasured=bool(a.get(_PREVIEW_REMEASURED)))
 
 
 def _read_stop(a: Mapping[str, Any]) -> Stop | None:
@@ -185,6 +187,8 @@ def write_stop(trial: optuna.Trial, stopped: Stopped) -> None:
 def _write_preview(trial: optuna.Trial, preview: Preview) -> None:
     trial.set_user_attr(_PREVIEW, dict(preview.metrics))
     trial.set_user_attr(_PREVIEW_DEPLOYED, preview.deployed)
+    if preview.remeasured:
+        trial.set_user_attr(_PREVIEW_REMEASURED, True)
 
 
 def write_failure(trial: optuna.Trial, reason: str, *, traceback: str | None = None,
@@ -225,7 +229,7 @@ def warm_start_attrs(name: str) -> dict[str, Any]:
 
 # -- the study's own attributes ----------------------------------------------------------------
 _STUDY_ATTRS = ("model", "data", "objectives", "constraints", "sampler", "study_yaml", "study_source",
-                "baseline_metrics")
+                "baseline_metrics", "data_splits")
 
 
 @dataclass(frozen=True)
@@ -240,13 +244,14 @@ class StudyInfo:
     study_yaml: str | None = None
     study_source: str | None = None
     baseline_metrics: Mapping[str, float] = field(default_factory=dict)
+    data_splits: tuple[Split, ...] = ()     # size and origin of train/val/test (empty in older studies)
 
 
 def write_study_info(study: optuna.Study, info: StudyInfo) -> None:
     for name in _STUDY_ATTRS:
         value = getattr(info, name)
-        study.set_user_attr(name, list(value) if isinstance(value, tuple) else
-                            dict(value) if isinstance(value, Mapping) else value)
+        study.set_user_attr(name, [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
+                            if isinstance(value, tuple) else dict(value) if isinstance(value, Mapping) else value)
 
 
 def read_study_info(attrs: Mapping[str, Any]) -> StudyInfo:
@@ -254,7 +259,8 @@ def read_study_info(attrs: Mapping[str, Any]) -> StudyInfo:
     return StudyInfo(model=attrs.get("model"), data=attrs.get("data"),
                      objectives=tuple(attrs.get("objectives") or ()), constraints=tuple(attrs.get("constraints") or ()),
                      sampler=attrs.get("sampler"), study_yaml=attrs.get("study_yaml"),
-                     study_source=attrs.get("study_source"), baseline_metrics=dict(attrs.get("baseline_metrics") or {}))
+                     study_source=attrs.get("study_source"), baseline_metrics=dict(attrs.get("baseline_metrics") or {}),
+                     data_splits=tuple(Split(**s) for s in attrs.get("data_splits") or ()))
 
 
 def study_info(study: optuna.Study) -> StudyInfo:

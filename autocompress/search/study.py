@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial
 from autocompress.errors import AutocompressError
 from autocompress.search import record
 from autocompress.search.budget import BudgetSpent, budget_lock, budgeted_ask, running, wait_for_running
-from autocompress.search.checks import check_augmentation, check_existing
+from autocompress.search.checks import check_augmentation, check_devices, check_existing
 from autocompress.search.context import build_inputs, trial_context, with_baseline
 from autocompress.search.memory import load_failures, load_previews
 from autocompress.search.objective import StudyRun, constraint_values, make_objective
@@ -31,6 +31,7 @@ from autocompress.search.storage import (STORAGE_FILE, STUDY_FILE, check_url, de
                                          open_storage)
 from autocompress.search.warm_start import enqueue_warm_starts
 from autocompress.spec.config import StudySpec, spec_from_dict, spec_to_yaml
+from autocompress.spec.outputs import check_out_dir
 from autocompress.spec.space import SearchSpace
 from autocompress.trial.context import KnownFailure
 from autocompress.utils import atomic_write_text, optuna_experimental, redact_url
@@ -49,14 +50,19 @@ class Placement:
 
 def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = None,
             log: Callable[[str], None] = print, create: bool = True, placement: Placement = Placement()) -> StudyRun:
-    """Validate everything that can be validated (data, model, checkpoint, storage, existing
-    study) before a run directory is written, then open or create the study and baseline."""
+    """Validate everything that can be validated (devices, run directory, storage URL, data,
+    model, checkpoint, existing study) before a run directory is written, then open or create
+    the study and baseline."""
+    check_devices(spec, placement.device, local_workers=create)
+    run_dir = Path(out) if out else default_run_dir(spec.name)
+    check_out_dir(run_dir, "--out" if out else "run directory")
+    if storage:
+        check_url(storage, "--storage", None)
+    elif spec.storage:
+        check_url(spec.storage, "storage", spec.source)
     if placement.threads:
         torch.set_num_threads(placement.threads)
     space = spec.load_space()
-    run_dir = Path(out) if out else default_run_dir(spec.name)
-    if storage or spec.storage:
-        check_url(storage or spec.storage, "storage", spec.source)
     data, teacher = build_inputs(spec)
     check_augmentation(spec, space, data, log)
     if all(k.distribution is None for k in space.knobs):
@@ -71,7 +77,8 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
         _add_baseline_trial(study, spec, ctx.baseline_metrics)
         if n := enqueue_warm_starts(study, spec, space, log):
             log(f"enqueued {n} warm-start policies")
-    record.write_study_info(study, replace(record.study_info(study), baseline_metrics=ctx.baseline_metrics))
+    record.write_study_info(study, replace(record.study_info(study), baseline_metrics=ctx.baseline_metrics,
+                                           data_splits=ctx.data.splits))  # the splits the trials see
     records = record.read_all(study)
     failures.update(load_failures(records))
     ctx = replace(ctx, previews=load_previews(records), failures=failures)
@@ -111,7 +118,8 @@ def _open_study(spec: StudySpec, space: SearchSpace, run_dir: Path, storage: str
                             constraints=tuple(str(c) for c in spec.constraints), sampler=spec.sampler,
                             study_yaml=spec_to_yaml(spec),
                             study_source=str(Path(spec.source).resolve()) if spec.source else None,
-                            baseline_metrics=record.study_info(study).baseline_metrics)
+                            baseline_metrics=record.study_info(study).baseline_metrics,
+                            data_splits=record.study_info(study).data_splits)
     record.write_study_info(study, info)
     return study, url
 

@@ -18,8 +18,8 @@ from autocompress.metrics.registry import why_unavailable
 from autocompress.spec.fields import (BaselineSpec, Budget, Constraint, DataSpec, EarlyStoppingSpec, HeartbeatSpec,
                                       ModelSpec, Objective, Strict, TargetSpec, WarmStartSpec, device_name,
                                       parse_duration)
-from autocompress.spec.policy import Policy
 from autocompress.spec.space import SearchSpace, load_space
+from autocompress.spec.validate import policy_from_user, shown
 from autocompress.spec.yamlfile import read_yaml
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
@@ -69,6 +69,14 @@ class StudySpec(Strict):
         if not isinstance(v, list):
             raise ValueError("expected a list like ['accuracy_drop <= 0.02']")
         return [Constraint.parse(c) if isinstance(c, str) else c for c in v]
+
+    @field_validator("search_space", mode="before")
+    @classmethod
+    def _space(cls, v: Any) -> Any:
+        if not isinstance(v, (str, dict)):
+            raise ValueError(f"expected a mapping of sections (pruning, quantization, ...) or the path of a space "
+                             f"file, got {shown(v)}")
+        return v
 
     @field_validator("early_stopping", mode="before")
     @classmethod
@@ -133,13 +141,21 @@ def _loc(loc: tuple) -> str:
     return out
 
 
+# pydantic's wording for a value of the wrong kind, in the words of a YAML file
+_EXPECTED = {"dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+             "list_type": "a list", "string_type": "a string", "finite_number": "a finite number",
+             "int_type": "an integer", "int_parsing": "an integer", "float_type": "a number",
+             "float_parsing": "a number", "bool_type": "true or false", "bool_parsing": "true or false"}
+
+
 def _message(err: dict) -> str:
     msg = err.get("msg", "invalid")
     for prefix in ("Value error, ", "Assertion failed, "):
-        if msg.startswith(prefix):
-            msg = msg[len(prefix):]
+        msg = msg.removeprefix(prefix)
     if err.get("type") == "extra_forbidden":
         msg = "unknown field"
+    if err.get("type") in _EXPECTED:
+        msg = f"expected {_EXPECTED[err['type']]}, got {shown(err.get('input'))}"
     return msg
 
 
@@ -162,10 +178,7 @@ def spec_from_dict(raw: Any, source: str) -> StudySpec:
     spec.load_space()  # validate the space now, not at the first trial
     check_measurable(spec)
     for i, p in enumerate(spec.warm_start.policies):
-        try:
-            Policy.from_dict(p)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(source, f"warm_start.policies[{i}]", str(exc)) from None
+        policy_from_user(p, source, f"warm_start.policies[{i}]")
     return spec
 
 

@@ -4,6 +4,7 @@ unknown fields; ``config.StudySpec`` puts them together."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -14,7 +15,8 @@ from autocompress.metrics.registry import METRICS, objective_names
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # .nan/.inf in any number field is refused ("expected a finite number"), never compared
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(Strict):
@@ -83,16 +85,18 @@ class Constraint(Strict):
 
     @classmethod
     def parse(cls, text: str) -> "Constraint":
-        m = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*", str(text))
+        m = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*(<=|>=)\s*(\S+)\s*", str(text))
         if not m:
             raise ValueError(f"cannot parse '{text}' (expected 'metric <= number' or 'metric >= number')")
         metric, op, bound = m.groups()
         if metric not in METRICS or not METRICS[metric].objective:
             raise ValueError(f"unknown metric '{metric}' {suggest(metric, objective_names())}")
         try:
-            value = float(bound)
+            value = float(bound.lower().replace(".nan", "nan").replace(".inf", "inf"))
         except ValueError:
             raise ValueError(f"'{bound}' is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"the bound of '{text}' is not a finite number")
         return cls(metric=metric, op=op, bound=value)
 
     def violation(self, value: float) -> float:
@@ -118,6 +122,8 @@ def parse_duration(value: Any) -> float | None:
             raise ValueError(f"cannot parse duration '{value}' (examples: 90s, 20m, 1h30m)")
         h, mi, s = (float(g) if g else 0.0 for g in m.groups())
         seconds = h * 3600 + mi * 60 + s
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a finite duration, got {value!r}")
     if seconds <= 0:
         raise ValueError("must be positive")
     return seconds

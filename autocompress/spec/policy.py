@@ -80,6 +80,8 @@ class TrainingPolicy:
     dropout: float = _knob(0.0, "dropout inserted before the classifier", low=0.0, high=0.95)
     batch_size: int = _knob(64, "fine-tune batch size", low=1)
     amp: str = _choice("off", "off", "bf16", "fp16", doc="autocast during fine-tuning (CUDA)")
+    bn_recalibration_batches: int = _knob(0, "after fine-tuning, re-estimate BatchNorm running statistics "
+                                             "over this many training batches (0 = off)", low=0)
 
 
 @dataclass(frozen=True)

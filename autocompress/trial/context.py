@@ -11,7 +11,9 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from autocompress.trial.result import Preview
+from autocompress.devices import usable_cpus
+from autocompress.trial.plan import TrialPlan
+from autocompress.trial.result import Preview, Screen
 from autocompress.training.loop import Epoch
 from autocompress.zoo.data import DataBundle, make_loader
 
@@ -24,6 +26,12 @@ class TargetSettings:
     threads: int | None = 1
     max_time_s: float = 1.0
     throughput_batch_size: int | None = None   # also measure throughput_sps at this batch size
+
+    @property
+    def resolved_threads(self) -> int:
+        """The CPU threads every runtime is given (``threads: null`` = every usable core, for
+        PyTorch and ONNX Runtime alike)."""
+        return self.threads or usable_cpus()
 
 
 @dataclass(frozen=True)
@@ -44,19 +52,24 @@ class TrialContext:
     epochs: int = 3
     seed: int = 0
     eval_batch_size: int = 256
-    # Called with the preview costs of the compressed, untrained model; returns a reason to
-    # stop before training (a hard constraint already broken), or None.
-    prescreen: Callable[[Preview], str | None] | None = None
-    # Called after each epoch with (epoch, its history row, the preview); returns a reason to
-    # stop early (multi-objective early stopping), or None.
-    on_epoch: Callable[[int, Epoch, Preview], str | None] | None = None
-    # Shared by the study's trials: previews by ``plan.cost_key``, failures by ``plan.runtime_key``.
+    # Called with the preview costs of the compressed, untrained model: stop before training
+    # (a hard constraint already broken), go on, or measure again (a decision within noise).
+    prescreen: Callable[[Preview], Screen] | None = None
+    # Called after each epoch with (epoch, its history row, the preview): stop early
+    # (multi-objective early stopping), go on, or measure the preview again.
+    on_epoch: Callable[[int, Epoch, Preview], Screen] | None = None
+    # Shared by the study's trials: previews by ``preview_key``, failures by ``plan.runtime_key``.
     previews: dict[str, Preview] = field(default_factory=dict)
     failures: dict[str, KnownFailure] = field(default_factory=dict)
 
     @property
     def target_device(self) -> str:
         return self.target.device
+
+    def preview_key(self, plan: TrialPlan) -> str:
+        """What decides a preview: the plan's cost key, and where and how it was timed."""
+        t = self.target
+        return f"{plan.cost_key} @{t.device}/{t.resolved_threads}t/b{t.batch_size}"
 
     def example_batch(self, n: int = 2) -> torch.Tensor:
         loader = make_loader(self.data.train, n, shuffle=False)

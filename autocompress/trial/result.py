@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from autocompress.deploy.runtimes import Deployment
 from autocompress.spec.policy import Policy
 from autocompress.training.loop import Epoch
 
@@ -20,6 +21,20 @@ class Preview:
     they are the trial's final latency and size), else of the float model run eagerly."""
     metrics: Mapping[str, float]
     deployed: bool = False
+    remeasured: bool = False    # its latency was measured again, longer, for a decision within noise
+
+
+@dataclass(frozen=True)
+class Screen:
+    """A pre-screening or early-stopping verdict: ``reason`` to end the trial, or, when the
+    decision rests on a measurement within its noise of the bound (``borderline``), a request
+    to measure again (longer) and ask once more before ending a trial."""
+    reason: str | None = None
+    borderline: bool = False
+
+    @property
+    def stops(self) -> bool:
+        return self.reason is not None and not self.borderline
 
 
 @dataclass(frozen=True)
@@ -41,7 +56,9 @@ class MeasuredOn:
 
 @dataclass(frozen=True)
 class TrialResult:
-    """Everything a finished trial measured; ``model`` is the compressed model itself (not stored)."""
+    """Everything a finished trial measured; ``model`` is the compressed model itself and
+    ``deployment`` its artifact as measured (neither is stored in the record: the search
+    saves them as files, ``deploy.artifacts.save_trial_model``)."""
     policy: Policy
     metrics: Mapping[str, float | None]
     proof: Mapping[str, Any]
@@ -51,6 +68,7 @@ class TrialResult:
     preview: Preview
     epochs_run: int
     model: nn.Module | None = field(default=None, compare=False, repr=False)
+    deployment: Deployment | None = field(default=None, compare=False, repr=False)   # the artifact measured
 
 
 class Stopped(Exception):

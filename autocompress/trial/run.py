@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any
+from dataclasses import replace
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -20,9 +21,9 @@ from autocompress.spec.policy import Policy
 from autocompress.training.augment import build_batch_transform
 from autocompress.training.loop import FitPlan, FitResult, fine_tune
 from autocompress.trial.context import KnownFailure, TrialContext
-from autocompress.trial.measure import deploy_runtime, deployed_metrics, preview_costs, structure_metrics
+from autocompress.trial.measure import deployed_metrics, finish, preview_costs, structure_metrics
 from autocompress.trial.plan import TrialPlan
-from autocompress.trial.result import MeasuredOn, Preview, Stopped, TrialResult
+from autocompress.trial.result import MeasuredOn, Preview, Screen, Stopped, TrialResult
 
 
 class _Laps:
@@ -58,12 +59,9 @@ def run_trial(policy: Policy, ctx: TrialContext, *, keep_model: bool = True) -> 
             model = t.after_finetune(model)
         model.to("cpu").eval()
         structure = structure_metrics(model, ctx.example_batch())
-        for t in techniques:
-            model = t.post_training(model)
-        laps("post_training")
-        runtime, runtime_proof = deploy_runtime(model, plan, ctx)
-        laps("runtime")
-        metrics = {**structure, **deployed_metrics(model, ctx, runtime=runtime)}
+        model, shipped, runtime_proof = finish(model, techniques, plan, ctx)
+        laps("deploy")
+        metrics = {**structure, **deployed_metrics(shipped, ctx), "top1_agreement": runtime_proof["top1_agreement"]}
         laps("measure")
     except torch.OutOfMemoryError as exc:
         raise TrialFailed(f"out of memory: {str(exc).splitlines()[0][:200]}") from None
@@ -73,11 +71,11 @@ def run_trial(policy: Policy, ctx: TrialContext, *, keep_model: bool = True) -> 
         proof.update(t.proof())
     proof.update(runtime=runtime_proof, size_before_mb=ctx.baseline_metrics.get("size_mb"),
                  size_after_mb=metrics["size_mb"])
-    where = MeasuredOn.here(device=ctx.target.device, threads=ctx.target.threads,
+    where = MeasuredOn.here(device=ctx.target.device, threads=shipped.threads,
                             batch_size=ctx.target.batch_size, train_device=str(ctx.device))
     return TrialResult(policy=policy, metrics=metrics, proof=proof, history=tuple(fit.history),
-                       timings=laps.timings, measured_on=where, preview=preview, epochs_run=fit.epochs_run,
-                       model=model if keep_model else None)
+                       timings=laps.timings, measured_on=where, preview=preview.value, epochs_run=fit.epochs_run,
+                       model=model if keep_model else None, deployment=shipped if keep_model else None)
 
 
 def _refuse_known(plan: TrialPlan, ctx: TrialContext) -> None:
@@ -91,34 +89,63 @@ def _refuse_known(plan: TrialPlan, ctx: TrialContext) -> None:
         raise TrialFailed(known.reason, known_as=plan.failure_key)
 
 
+class _Preview:
+    """The trial's preview: cached under ``ctx.preview_key``, and measured again (longer) when
+    a pre-screening or early-stopping decision rests on it within its noise (``Screen``)."""
+
+    def __init__(self, plan: TrialPlan, ctx: TrialContext) -> None:
+        self.plan, self.ctx, self.key = plan, ctx, ctx.preview_key(plan)
+        self.value: Preview | None = ctx.previews.get(self.key)
+        self.untrained: nn.Module | None = None
+
+    def measure(self, model: nn.Module) -> Preview:
+        if self.ctx.prescreen is not None or self.ctx.on_epoch is not None:
+            self.untrained = copy.deepcopy(model)   # kept to measure again if a decision needs it
+        if self.value is None:
+            self.value = self.ctx.previews.setdefault(
+                self.key, preview_costs(model, self.plan, self.ctx, self.ctx.example_batch()))
+        return self.value
+
+    def screen(self, ask: Callable[[Preview], Screen]) -> Screen:
+        verdict = ask(self.value)
+        if verdict.borderline and self.untrained is not None and not self.value.remeasured:
+            precise = preview_costs(self.untrained, self.plan, self.ctx, self.ctx.example_batch(),
+                                    max_time_s=self.ctx.target.max_time_s)
+            self.value = self.ctx.previews[self.key] = replace(precise, remeasured=True)
+            verdict = ask(self.value)
+        return Screen(verdict.reason)   # asked again after measuring again: what it says now stands
+
+
 def _compress(plan: TrialPlan, ctx: TrialContext, techniques: list[Technique], laps: _Laps
-              ) -> tuple[nn.Module, Preview]:
-    """A copy of the teacher, compressed, and its preview costs (``Stopped`` when they already
-    break a hard constraint)."""
-    cached = ctx.previews.get(plan.cost_key)
-    if cached is not None and ctx.prescreen is not None and (reason := ctx.prescreen(cached)):
-        raise Stopped(f"{reason} (cached)", cached, stage="prescreen")
+              ) -> tuple[nn.Module, _Preview]:
+    """A copy of the teacher, compressed, and its preview (``Stopped`` when it already breaks
+    a hard constraint)."""
+    preview = _Preview(plan, ctx)
+    if preview.value is not None and ctx.prescreen is not None and (cached := ctx.prescreen(preview.value)).stops:
+        raise Stopped(f"{cached.reason} (cached)", preview.value, stage="prescreen")
     model = copy.deepcopy(ctx.teacher).to("cpu").requires_grad_(True)
     for t in techniques:
         model = t.compress(model)
     laps("compress")
-    preview = cached or ctx.previews.setdefault(plan.cost_key, preview_costs(model, plan, ctx, ctx.example_batch()))
-    if ctx.prescreen is not None and (reason := ctx.prescreen(preview)):
-        raise Stopped(reason, preview, stage="prescreen")
+    preview.measure(model)
+    if ctx.prescreen is not None and (verdict := preview.screen(ctx.prescreen)).reason is not None:
+        raise Stopped(verdict.reason, preview.value, stage="prescreen")
     laps("cheap_metrics")
     return model, preview
 
 
 def _fine_tune(model: nn.Module, plan: TrialPlan, ctx: TrialContext, techniques: list[Technique],
-               preview: Preview) -> tuple[nn.Module, FitResult, dict[str, Any]]:
+               preview: _Preview) -> tuple[nn.Module, FitResult, dict[str, Any]]:
     """Fine-tune with the techniques' hooks; ``Stopped`` when early stopping ends it."""
     for t in techniques:
         model = t.before_finetune(model)
-    on_epoch = (lambda e, row: ctx.on_epoch(e, row, preview)) if ctx.on_epoch else None
+    on_epoch = None
+    if ctx.on_epoch is not None:
+        on_epoch = lambda e, row: preview.screen(lambda p: ctx.on_epoch(e, row, p)).reason  # noqa: E731
     augment = build_batch_transform(plan.policy.augmentation, ctx.data, seed=ctx.seed)
     fit = fine_tune(model, ctx.data.train, ctx.data.val, plan.policy,
                     FitPlan(epochs=ctx.epochs, device=ctx.device, seed=ctx.seed, techniques=techniques,
                             batch_transform=augment, on_epoch=on_epoch, eval_batch_size=ctx.eval_batch_size))
     if fit.stopped_early:
-        raise Stopped(fit.stop_reason, preview, stage="early_stopping", history=tuple(fit.history))
+        raise Stopped(fit.stop_reason, preview.value, stage="early_stopping", history=tuple(fit.history))
     return model, fit, dict(augment.describe()) if augment is not None else {}

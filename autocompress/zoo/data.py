@@ -1,8 +1,10 @@
 """Data sources: built-in digits (scikit-learn, offline), CIFAR-10/100 and ImageFolder from a
-local root (never downloaded), and user factories ``fn(**kwargs) -> (train, val, test)``.
+local root (never downloaded), and user factories ``fn(**kwargs) -> (train, val[, test])``.
 
 Every source gives a ``DataBundle``: three torch Datasets of ``(x, y)``, the class count,
-the shape of one input, and whether horizontal flips keep labels.
+the shape of one input, whether horizontal flips keep labels, and where each split came
+from. Validation drives the search; a test split the data does not have is carved out of
+train with the study seed (``zoo.splits.complete``, the one rule for every source).
 
 scikit-learn and torchvision are imported where a source needs them: each costs about 2 s
 to import on this machine, and most studies use one source.
@@ -11,7 +13,7 @@ to import on this machine, and most studies use one source.
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,10 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from autocompress.errors import ConfigError
 from autocompress.spec.fields import DataSpec
 from autocompress.zoo.imports import import_callable
+from autocompress.zoo.splits import Split, complete, split_indices
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataBundle:
     name: str
     train: Dataset
@@ -34,6 +37,7 @@ class DataBundle:
     input_shape: tuple[int, ...]      # one sample, no batch dimension
     flip_ok: bool = True              # False where a mirror image changes the label (digits)
     color: bool = False               # 3-channel images: color jitter applies
+    splits: tuple[Split, ...] = ()    # size and origin of train, val and test (the report shows them)
 
     @property
     def kind(self) -> str:
@@ -45,14 +49,16 @@ class DataBundle:
         return self.input_shape[0] if len(self.input_shape) > 1 else 1
 
     def subset_train(self, fraction: float, seed: int) -> "DataBundle":
-        """A fixed random fraction of the training split (for cheap screening and tests)."""
+        """A fixed random fraction of the training split (for cheap screening and tests); a
+        carved test split is not part of ``train``, so it stays held out."""
         if fraction >= 1.0:
             return self
         n = len(self.train)
         k = max(1, int(round(n * fraction)))
         idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].tolist()
-        return DataBundle(self.name, Subset(self.train, idx), self.val, self.test, self.num_classes,
-                          self.input_shape, self.flip_ok, self.color)
+        note = f"; trials fine-tune on {k} of its {n} (seed {seed})"
+        splits = tuple(replace(s, size=k, origin=s.origin + note) if s.name == "train" else s for s in self.splits)
+        return replace(self, train=Subset(self.train, idx), splits=splits)
 
 
 def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
@@ -62,17 +68,6 @@ def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -
                       num_workers=0, drop_last=False)
 
 
-def _split_indices(labels: np.ndarray, fractions: tuple[float, float], seed: int) -> tuple:
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(labels))
-    val_frac, test_frac = fractions
-    rest, test = train_test_split(idx, test_size=test_frac, random_state=seed, stratify=labels)
-    train, val = train_test_split(rest, test_size=val_frac / (1 - test_frac), random_state=seed,
-                                  stratify=labels[rest])
-    return train, val, test
-
-
 def digits(seed: int = 0) -> DataBundle:
     """scikit-learn's 8x8 digits (1,797 images), standardized, split 60/20/20 stratified."""
     from sklearn.datasets import load_digits
@@ -80,11 +75,14 @@ def digits(seed: int = 0) -> DataBundle:
     ds = load_digits()
     x = torch.tensor(ds.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(ds.target, dtype=torch.long)
-    train, val, test = _split_indices(ds.target, (0.2, 0.2), seed)
+    train, val, test, _ = split_indices(len(ds.target), ds.target, (0.2, 0.2), seed)
     mean, std = x[train].mean(), x[train].std()
     x = (x - mean) / std
     make = lambda i: TensorDataset(x[i], y[i])  # noqa: E731
-    return DataBundle("digits", make(train), make(val), make(test), 10, (1, 8, 8), flip_ok=False)
+    origin = f"digits: 60/20/20 stratified split (seed {seed})"
+    splits, records = complete({"train": make(train), "val": make(val), "test": make(test)},
+                               dict.fromkeys(("train", "val", "test"), origin), fractions={}, seed=seed)
+    return DataBundle("digits", *splits, 10, (1, 8, 8), flip_ok=False, splits=records)
 
 
 def _normalize_transform(mean: tuple, std: tuple, size: int | None = None):
@@ -123,33 +121,38 @@ def cifar(root: str | Path, *, classes: int = 10, val_fraction: float = 0.1, see
     n = len(labels)
     idx = np.random.default_rng(seed).permutation(n)
     n_val = max(1, int(n * val_fraction))
-    return DataBundle(f"cifar{classes}", Subset(full, idx[n_val:].tolist()), Subset(full, idx[:n_val].tolist()),
-                      test, classes, (3, 32, 32), flip_ok=True, color=True)
+    splits, records = complete(
+        {"train": Subset(full, idx[n_val:].tolist()), "val": Subset(full, idx[:n_val].tolist()), "test": test},
+        {"train": f"the training batches minus {n_val} for val (random, seed {seed})",
+         "val": f"{n_val} of the training batches (random, seed {seed})", "test": "the data set's test split"},
+        fractions={}, seed=seed)
+    return DataBundle(f"cifar{classes}", *splits, classes, (3, 32, 32), flip_ok=True, color=True, splits=records)
 
 
 def imagefolder(root: str | Path, *, image_size: int = 64, val_fraction: float = 0.1,
                 test_fraction: float = 0.1, seed: int = 0, flip_ok: bool = True) -> DataBundle:
-    """An ImageFolder tree: ``root/train``, ``root/val`` (and ``root/test``) if present,
-    otherwise one ``root/<class>/*.png`` tree split with a fixed seed."""
+    """An ImageFolder tree: ``root/train`` with ``root/val`` and ``root/test`` where present
+    (a missing one is carved out of train/: ``val_fraction``, ``test_fraction``, stratified),
+    otherwise one ``root/<class>/*.png`` tree split the same way."""
     from torchvision import datasets
 
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"image folder '{root}' does not exist")
     tf = _normalize_transform((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), image_size)
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        train = datasets.ImageFolder(str(root / "train"), transform=tf)
-        val = datasets.ImageFolder(str(root / "val"), transform=tf)
-        test = datasets.ImageFolder(str(root / "test"), transform=tf) if (root / "test").is_dir() else val
-        classes = len(train.classes)
-    else:
-        full = datasets.ImageFolder(str(root), transform=tf)
-        labels = np.asarray(full.targets)
-        tr, va, te = _split_indices(labels, (val_fraction, test_fraction), seed)
-        train, val, test = (Subset(full, i.tolist()) for i in (tr, va, te))
-        classes = len(full.classes)
-    return DataBundle(root.name, train, val, test, classes, (3, image_size, image_size),
-                      flip_ok=flip_ok, color=True)
+    folder = lambda path: datasets.ImageFolder(str(path), transform=tf)  # noqa: E731
+    if (root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir()):
+        given = {n: folder(root / n) if (root / n).is_dir() else None for n in ("train", "val", "test")}
+        origins = {n: f"{n}/" for n in given}
+    else:  # one tree of class folders
+        given, origins = {"train": folder(root)}, {"train": f"{root.name}/"}
+    classes = given["train"].classes
+    for name, ds in given.items():
+        if ds is not None and ds.classes != classes:  # ImageFolder numbers the classes it finds
+            raise ValueError(f"{name}/ has the classes {ds.classes}, train/ has {classes}: the same folders are needed")
+    splits, records = complete(given, origins, fractions={"val": val_fraction, "test": test_fraction}, seed=seed)
+    return DataBundle(root.name, *splits, len(classes), (3, image_size, image_size),
+                      flip_ok=flip_ok, color=True, splits=records)
 
 
 def _infer_num_classes(ds: Dataset) -> int:
@@ -164,7 +167,10 @@ def _infer_num_classes(ds: Dataset) -> int:
     return int(max(int(ds[i][1]) for i in range(len(ds)))) + 1
 
 
-def from_factory(path: str, kwargs: dict, base_dir: Path) -> DataBundle:
+def from_factory(path: str, kwargs: dict, base_dir: Path, *, seed: int) -> DataBundle:
+    """A factory's (train, val, test), (train, val) or dict of them (with ``num_classes``,
+    ``flip_ok``, ``test_fraction``); without a test split (or with val given again as test),
+    one is carved out of train."""
     fn = import_callable(path, base_dir=base_dir)
     try:
         result = fn(**kwargs)
@@ -174,11 +180,14 @@ def from_factory(path: str, kwargs: dict, base_dir: Path) -> DataBundle:
     if isinstance(result, dict):
         meta = result
         result = (meta.get("train"), meta.get("val"), meta.get("test"))
-    if not isinstance(result, (tuple, list)) or len(result) != 3 or any(r is None for r in result):
-        raise ValueError(f"data factory '{path}' must return (train, val, test) datasets")
+    if isinstance(result, (tuple, list)) and len(result) == 2:
+        result = (*result, None)
+    if not isinstance(result, (tuple, list)) or len(result) != 3 or result[0] is None or result[1] is None:
+        raise ValueError(f"data factory '{path}' must return (train, val, test) or (train, val) datasets")
     train, val, test = result
+    test = None if test is val else test  # the split that drives the search is not held out
     for split, ds in zip(("train", "val", "test"), result):
-        if len(ds) == 0:
+        if ds is not None and len(ds) == 0:
             raise ValueError(f"data factory '{path}': the {split} dataset is empty")
     try:
         sample = train[0]
@@ -195,9 +204,12 @@ def from_factory(path: str, kwargs: dict, base_dir: Path) -> DataBundle:
         raise ValueError(f"data factory '{path}': the input of train[0] is {x.dtype}; models take float32 "
                          "(return e.g. torch.as_tensor(x, dtype=torch.float32))")
     num_classes = int(meta.get("num_classes") or _infer_num_classes(train))
-    return DataBundle(path.split(":")[-1], train, val, test, num_classes, tuple(x.shape),
+    splits, records = complete({"train": train, "val": val, "test": test},
+                               {n: f"the factory's {n} split" for n in ("train", "val", "test")},
+                               fractions={"test": float(meta.get("test_fraction", 0.1))}, seed=seed)
+    return DataBundle(path.split(":")[-1], *splits, num_classes, tuple(x.shape),
                       flip_ok=bool(meta.get("flip_ok", x.dim() == 3)),
-                      color=x.dim() == 3 and x.shape[0] == 3)
+                      color=x.dim() == 3 and x.shape[0] == 3, splits=records)
 
 
 def build_data(spec: DataSpec, *, seed: int, source: str | None = None) -> DataBundle:
@@ -225,7 +237,7 @@ def build_data(spec: DataSpec, *, seed: int, source: str | None = None) -> DataB
             return cifar(classes=10 if kind == "cifar10" else 100, seed=seed, **opts)
         if kind == "imagefolder":
             return imagefolder(seed=seed, **rooted(spec.imagefolder, kind))
-        return from_factory(spec.factory, spec.kwargs, base_dir)
+        return from_factory(spec.factory, spec.kwargs, base_dir, seed=seed)
     except ConfigError:
         raise
     except (ValueError, TypeError, OSError) as exc:  # OSError: torchvision's "no class folder", unreadable files
