@@ -13,7 +13,7 @@ from torch import nn
 from autocompress.compress import pipeline
 from autocompress.compress.batchnorm import (BatchNormRecalibration, Recalibration, batch_statistics_accuracy,
                                              batchnorm_layers, recalibrate_batchnorm)
-from autocompress.compress.pruning.techniques import StructuredPruning
+from autocompress.compress.pruning import StructuredPruning
 from autocompress.errors import ConfigError
 from autocompress.metrics.accuracy import evaluate
 from autocompress.spec.policy import Policy

@@ -158,7 +158,19 @@ class DataDependent(nn.Module):
         return self.fc(self.b(x).mean((2, 3)))
 
 
-def test_untraceable_model_ends_the_trial_with_a_reason():
+def test_a_model_fx_cannot_trace_is_shrunk_by_torch_pruning_and_nni_gives_the_reason(monkeypatch):
+    model = DataDependent()
+    technique = build(pruning(method="structured", ratio=0.5), random_ctx(model, (1, 8, 8)))
+    technique.compress(model)   # Torch-Pruning traces with hooks: data-dependent control flow is fine
+    assert technique.proof()["pruning"]["engine"] == "torch-pruning" and technique.proof()["pruning"]["channels_kept"]
+    # where Torch-Pruning cannot trace either, NNI is tried, and its reason ends the trial
+    from autocompress.compress.pruning import structured
+    from autocompress.compress.pruning.coupling import CannotTrace
+
+    def cannot(*args, **kwargs):
+        raise CannotTrace("no trace")
+
+    monkeypatch.setattr(structured, "dependency_graph", cannot)
     model = DataDependent()
     with pytest.raises(TrialFailed, match="torch.fx trace"):
         build(pruning(method="structured", ratio=0.5), random_ctx(model, (1, 8, 8))).compress(model)
@@ -183,10 +195,15 @@ class TrainOnlyHead(nn.Module):
         return out + self.aux(x).mean((2, 3)) if self.training else out
 
 
-def test_model_broken_in_train_mode_after_shrink_ends_the_trial():
+def test_channels_a_train_only_branch_uses_are_left_whole_with_the_reason():
     model = TrainOnlyHead()
-    with pytest.raises(TrialFailed, match="train mode"):
-        build(pruning(method="structured", ratio=0.5), random_ctx(model, (1, 10, 10))).compress(model)
+    technique = build(pruning(method="structured", ratio=0.5), random_ctx(model, (1, 10, 10)))
+    model = technique.compress(model)
+    facts = technique.proof()["pruning"]
+    # b feeds the auxiliary head, which only training runs (the eval trace misses it): left whole
+    assert "train mode" in facts["left_whole"]["b"] and facts["channels_kept"] == {"c": [16, 8]}
+    with torch.no_grad():
+        assert model.train()(torch.randn(2, 1, 10, 10)).shape == (2, 10)
 
 
 def test_nni_is_quiet(digits_ctx, capfd):

@@ -1,12 +1,23 @@
 """Pruning: ``weight`` (unstructured zeros), ``structured`` (channels removed) and ``gradual``
-(channel sparsity raised epoch by epoch, then removed), on NNI 3.0.
+(channel sparsity raised epoch by epoch, then removed).
 
-``techniques`` holds the three techniques and their schedule; ``plan`` which layers and ratios
-(and the tied channels), ``masks`` which weights or channels (NNI's pruners), ``engine`` NNI
-itself and the physical shrink (``ModelSpeedup``).
+``techniques`` holds weight pruning and the schedule, ``structured`` the channel techniques;
+``coupling`` is Torch-Pruning's dependency graph and the verified shrink (the first engine);
+``plan``, ``masks`` and ``engine`` are NNI's layer plans, pruners and ModelSpeedup (the
+fallback, and weight pruning's masks).
 """
 
-from autocompress.compress.pruning.techniques import (GradualPruning, StructuredPruning, WeightPruning, pruning_steps,
-                                                      scheduled_ratio, select)
+from autocompress.compress.base import Technique
+from autocompress.compress.pruning.structured import GradualPruning, StructuredPruning
+from autocompress.compress.pruning.techniques import PruningBase, WeightPruning, pruning_steps, scheduled_ratio
+from autocompress.spec.policy import Policy
 
-__all__ = ["GradualPruning", "StructuredPruning", "WeightPruning", "pruning_steps", "scheduled_ratio", "select"]
+
+def select(policy: Policy) -> type[Technique] | None:
+    """The pruning technique ``policy`` turns on, or None."""
+    return {"weight": WeightPruning, "structured": StructuredPruning, "gradual": GradualPruning}.get(
+        policy.pruning.method)
+
+
+__all__ = ["GradualPruning", "PruningBase", "StructuredPruning", "WeightPruning", "pruning_steps", "scheduled_ratio",
+           "select"]

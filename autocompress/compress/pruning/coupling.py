@@ -1,0 +1,240 @@
+"""Channel coupling from Torch-Pruning's dependency graph, and a shrink that is verified.
+
+Torch-Pruning (1.6) traces the model with forward hooks and follows every op that ties
+channels together: residual adds (also inside a user's own block, with the activation after
+the add), concatenations, channel shuffles and reshapes, depthwise and grouped convolutions,
+BatchNorm/LayerNorm/GroupNorm, squeeze-excitation gates, permutes, attention projections. Each
+*group* is the set of layers whose channels must go together; its root is a Conv or Linear
+whose output channels lead it.
+
+``plan_groups`` scores every group with the criterion (Torch-Pruning's group importances:
+L1/L2 magnitude, FPGM, Taylor on training batches) and picks the channels to remove at the
+root layer's ratio; a group that holds a protected layer's output channels (first conv,
+classifier, ``pruning.protect``) is left whole. ``shrink_groups`` removes them for real, and
+the removal is verified: the shrunk model's outputs must equal those of the same model with
+those channels zeroed (``group_masks``) on a calibration batch. Where they differ, zeroing is
+not removing (a LayerNorm normalises over the channels, so the others' statistics change):
+those groups are left whole, with the reason, and the rest is pruned; only when no group at
+all can be pruned does the trial fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autocompress.compress.base import TechniqueContext
+from autocompress.compress.pruning.plan import Masks, layer_ratios, protected_layers
+from autocompress.errors import TrialFailed
+from autocompress.spec.policy import PruningPolicy
+from autocompress.utils import error_line
+from autocompress.zoo.data import make_loader
+
+ROOTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+VERIFY_RTOL = 1e-4          # of the largest |output|: float rounding of a smaller sum
+TAYLOR_BATCHES = 8
+
+
+@dataclass(frozen=True)
+class GroupCut:
+    """One group of coupled channels: its root layer, every layer it resizes, what goes."""
+    root: str
+    layers: tuple[str, ...]
+    width: int
+    remove: tuple[int, ...]
+    ratio: float
+
+
+@dataclass
+class Cuts:
+    """The groups to cut, and the groups left whole with why."""
+    groups: list[GroupCut] = field(default_factory=list)
+    left_whole: dict[str, str] = field(default_factory=dict)
+    protected: tuple[str, ...] = ()
+
+
+class CannotTrace(Exception):
+    """Torch-Pruning cannot build the dependency graph of this model."""
+
+
+def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    except Exception as exc:   # noqa: BLE001 - anything its tracer meets
+        raise CannotTrace(error_line(exc)) from None
+
+
+def _importance(criterion: str) -> tp.importance.Importance:
+    if criterion == "fpgm":
+        return tp.importance.FPGMImportance(p=2)
+    if criterion == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    return tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
+
+
+def _taylor_gradients(model: nn.Module, ctx: TechniqueContext) -> None:
+    """Accumulate the task loss's gradients over training batches (Taylor importance reads them)."""
+    model.zero_grad(set_to_none=True)
+    was_training = model.training
+    model.eval()   # BatchNorm statistics stay as they are
+    for i, (x, y) in enumerate(make_loader(ctx.data.train, 32, shuffle=True, seed=ctx.seed)):
+        if i >= TAYLOR_BATCHES:
+            break
+        nn.functional.cross_entropy(model(x), y).backward()
+    model.train(was_training)
+
+
+def plan_groups(model: nn.Module, graph: tp.DependencyGraph, p: PruningPolicy, ctx: TechniqueContext,
+                fraction: float = 1.0) -> Cuts:
+    """The channels to cut in each group, at ``fraction`` of each root layer's ratio."""
+    names = {m: n for n, m in model.named_modules()}
+    protected = set(protected_layers(model, p.protect))
+    roots = [n for n, m in model.named_modules() if isinstance(m, ROOTS) and n not in protected]
+    ratios = layer_ratios(roots, p)
+    imp = _importance(p.criterion)
+    if p.criterion == "taylor":
+        _taylor_gradients(model, ctx)
+    cuts = Cuts(protected=tuple(n for n, _ in model.named_modules() if n in protected))
+    for group in graph.get_all_groups(ignored_layers=[], root_module_types=ROOTS):
+        root = names.get(group[0].dep.target.module, "?")
+        resized = tuple(dict.fromkeys(names[i.dep.target.module] for i in group if i.dep.target.module in names))
+        tied = [n for i in group if graph.is_out_channel_pruning_fn(i.dep.handler)
+                and (n := names.get(i.dep.target.module)) in protected]
+        if tied:
+            if tied != [root]:   # a protected layer's own group is no news
+                cuts.left_whole[root] = f"its channels are tied to the protected layer {tied[0]}"
+            continue
+        width, ratio = len(group[0].idxs), ratios.get(root, p.ratio) * fraction
+        n_cut = min(width - 1, int(width * ratio))
+        if n_cut <= 0:
+            continue
+        try:
+            with torch.no_grad():
+                scores, why = imp(group), "no importance could be computed for it"
+        except Exception as exc:   # noqa: BLE001 - e.g. channel indices past a layer's width, where its
+            # tracer mis-maps them (a concatenation split again after a shuffle): this group only
+            scores, why = None, f"Torch-Pruning cannot score its channels ({error_line(exc)})"
+        if scores is None:
+            cuts.left_whole[root] = why
+            continue
+        remove = tuple(sorted(int(i) for i in torch.argsort(scores.float().cpu())[:n_cut]))
+        cuts.groups.append(GroupCut(root, resized, width, remove, ratio))
+    model.zero_grad(set_to_none=True)
+    return cuts
+
+
+def group_masks(model: nn.Module, graph: tp.DependencyGraph, cuts: list[GroupCut]) -> Masks:
+    """0/1 masks that zero the channels ``cuts`` remove, in every layer whose outputs carry them
+    (weights, biases, norm scales and shifts): the model with the channels zeroed."""
+    modules = dict(model.named_modules())
+    masks: Masks = {}
+    for cut in cuts:
+        group = graph.get_pruning_group(modules[cut.root], _root_fn(graph, modules[cut.root]), list(cut.remove))
+        for item in group:
+            if not graph.is_out_channel_pruning_fn(item.dep.handler):
+                continue
+            module, idxs = item.dep.target.module, list(item.idxs)
+            name = next((n for n, m in modules.items() if m is module), None)
+            if name is None:
+                continue
+            for pname, param in module.named_parameters(recurse=False):
+                dim = 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) and pname == "weight" else 0
+                mask = masks.setdefault(name, {}).get(pname)
+                mask = torch.ones_like(param, dtype=torch.bool) if mask is None else mask
+                mask.index_fill_(dim, torch.tensor(idxs, dtype=torch.long), False)
+                masks[name][pname] = mask
+    return masks
+
+
+def _root_fn(graph: tp.DependencyGraph, module: nn.Module):
+    return graph.get_pruner_of_module(module).prune_out_channels
+
+
+def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, targets in masks.items():
+            for pname, mask in targets.items():
+                params[f"{name}.{pname}" if name else pname].masked_fill_(~mask, 0.0)
+    return model
+
+
+def _cut(model: nn.Module, example: torch.Tensor, cuts: list[GroupCut]) -> nn.Module:
+    """``cuts`` applied for real to ``model`` (a fresh dependency graph of it)."""
+    graph = dependency_graph(model, example)
+    modules = dict(model.named_modules())
+    for cut in cuts:
+        root = modules[cut.root]
+        group = graph.get_pruning_group(root, _root_fn(graph, root), list(cut.remove))
+        if not graph.check_pruning_group(group):
+            raise TrialFailed(f"Torch-Pruning refuses to cut the group of {cut.root}")
+        group.prune()
+    return model
+
+
+class CutBreaks(Exception):
+    """The model with a cut removed no longer runs, in eval or in train mode (the message says how)."""
+
+
+def verified(model: nn.Module, example: torch.Tensor, cuts: list[GroupCut]) -> float:
+    """Largest |difference| between the model with ``cuts`` zeroed and with them removed,
+    relative to the largest |output|; ``CutBreaks`` when the cut model does not run."""
+    masked = copy.deepcopy(model).eval()
+    apply_masks(masked, group_masks(masked, dependency_graph(masked, example), cuts))
+    with torch.no_grad():
+        reference = masked(example)
+    try:
+        cut = _cut(copy.deepcopy(model).eval(), example, cuts)
+        with torch.no_grad():
+            out = cut(example)
+            cut.train()(example)   # fine-tuning runs it in train mode: branches only training takes
+    except TrialFailed:
+        raise
+    except Exception as exc:   # noqa: BLE001 - a model that no longer runs: not this cut
+        raise CutBreaks(error_line(exc)) from None
+    if out.shape != reference.shape:
+        raise CutBreaks(f"output shape {tuple(out.shape)} instead of {tuple(reference.shape)}")
+    return float((out - reference).abs().max()) / max(float(reference.abs().max()), 1e-12)
+
+
+def _why_not(model: nn.Module, example: torch.Tensor, cuts: list[GroupCut]) -> str | None:
+    """Why removing ``cuts`` is not the same as zeroing them; None when it is."""
+    try:
+        diff = verified(model, example, cuts)
+    except CutBreaks as exc:   # the error itself, not a guess: a branch only one mode takes (not
+        # traced), or a width a layer constrains (grouped convolution, attention heads)
+        return f"the model no longer runs with its channels removed, in eval or in train mode ({exc})"
+    if diff > VERIFY_RTOL:
+        return (f"removing its channels does not give what zeroing them gives (outputs differ by {diff:.2g} of "
+                "their range: a normalisation over them, or an op Torch-Pruning cannot follow)")
+    return None
+
+
+def shrink_groups(model: nn.Module, example: torch.Tensor, cuts: Cuts) -> Cuts:
+    """Remove ``cuts`` from ``model`` in place, verified; groups whose removal is not the same as
+    zeroing them are left whole (moved to ``left_whole`` with the reason). Returns what was done."""
+    was_training = model.training
+    model.eval()
+    done = Cuts(list(cuts.groups), dict(cuts.left_whole), cuts.protected)
+    if done.groups and _why_not(model, example, done.groups) is not None:
+        kept = []
+        for cut in done.groups:   # find the groups that cannot be removed as zeroed: check them one by one
+            why = _why_not(model, example, [cut])
+            if why is None:
+                kept.append(cut)
+            else:
+                done.left_whole[cut.root] = why
+        done.groups = kept
+        if kept and _why_not(model, example, kept) is not None:   # each alone is fine, together they are not
+            raise CannotTrace("the groups that can each be removed alone cannot be removed together")
+    if done.groups:
+        _cut(model, example, done.groups)
+    model.train(was_training)
+    return done
