@@ -11,6 +11,8 @@
     kernels are CPU-only), structured pruning searched. Prints one row per trial (policy,
     accuracy, latency with IQR and runs, peak memory, where it was measured), the wall time and
     trials per hour.
+(c) The table of ``benchmarks/formats_latency.py`` on the device: every number format
+    (torch.ao and torchao, fp8 and int4 where the GPU has kernels), eager and torch.compile.
 
 With ``--device cpu`` it runs the same code on the CPU (a smoke check of the script; the
 figures for docs/BENCHMARKS.md come from a GPU).
@@ -136,6 +138,11 @@ def main() -> None:
     format_latency(model, example, device)
     if args.model == "digits_cnn":
         study(args)
+    # (c) every number format, torch.ao and torchao, eager and torch.compile, side by side with fp32
+    from formats_latency import table
+
+    print(f"\n(c) number formats on {device_name(device)}, side by side with fp32 eager\n")
+    print(table(str(device), ["mlp", "resnet18"], [1, 32], compile_too=True, max_time=0.5))
 
 
 if __name__ == "__main__":

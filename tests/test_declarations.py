@@ -60,7 +60,7 @@ def test_plan_keys_and_final_metrics_follow_declarations():
     other = TrialPlan(policy(pruning={"method": "structured", "ratio": 0.5}, training={"lr": 0.05}))
     assert other.structure_key == eager.structure_key
     assert dict(eager.failure_key.knobs) == {"runtime.backend": "eager", "quantization.mode": "static_int8",
-                                             "quantization.per_channel": True}
+                                             "quantization.per_channel": True, "quantization.backend": "torch_ao"}
 
 
 def test_final_metrics_come_from_the_registry():

@@ -96,3 +96,20 @@ def test_side_by_side_ratio_is_the_median_of_per_round_ratios():
 def test_ratio_of_known_rounds():
     r = Ratio.of([2.0, 4.0, 6.0, 8.0, 10.0], [1.0, 2.0, 2.0, 2.0, 2.0])
     assert (r.median, r.iqr, r.rounds) == (3.0, 2.0, 5)
+
+
+def test_a_search_can_compile_more_models_of_one_class_than_dynamos_recompile_limit(monkeypatch):
+    import functools
+
+    import torch
+    import torch._dynamo
+
+    from autocompress.deploy.runtimes import deploy
+
+    # Inductor takes seconds per model: Dynamo's own "eager" backend shows the same cache behaviour
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    limit = torch._dynamo.config.recompile_limit
+    for i in range(limit + 2):   # a new model of the same class each time, as trials make them
+        model = torch.nn.Sequential(torch.nn.Linear(4 + i, 3))
+        shipped = deploy(model, "compile", torch.randn(2, 4 + i))
+        assert shipped.module(torch.randn(2, 4 + i)).shape == (2, 3)

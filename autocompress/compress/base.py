@@ -53,10 +53,15 @@ class NumberFormat:
     integer: bool = False
     per_channel: bool | None = None             # int8: per-channel weight scales
     devices: frozenset[str] | None = None       # device types with kernels for it; None = any
+    runtimes: frozenset[str] | None = None      # runtimes that can carry it; None = any
+    fast_under: frozenset[str] = frozenset()    # runtimes under which its kernels are fast (empty: any)
+    backend: str = ""                           # the library that makes it ("torch.ao", "torchao")
 
     @property
     def key(self) -> str:
         """What decides whether a runtime can run it (``trial.plan.runtime_key``)."""
+        if self.backend == "torchao":
+            return f"{self.name}@torchao"
         if not self.integer:
             return self.name
         return f"{self.name}/{'per-channel' if self.per_channel else 'per-tensor'}"
@@ -67,6 +72,12 @@ class NumberFormat:
             return None
         return (f"{self.label} kernels run on {', '.join(sorted(self.devices))} only; the target device "
                 f"is {device}")
+
+    def unsupported_in(self, runtime: str) -> str | None:
+        if self.runtimes is None or runtime in self.runtimes:
+            return None
+        return f"runtime {runtime} cannot carry {self.label} ({self.backend} tensors); it runs in " + \
+            ", ".join(sorted(self.runtimes))
 
 
 FP32 = NumberFormat("none", "fp32")

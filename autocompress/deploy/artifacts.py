@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.compress.quantization import CastInputs, quantized_skeleton
+from autocompress.compress.quantization import CastInputs, load_into, quantized_skeleton
+from autocompress.compress.quantization.torchao_modes import Exported
 from autocompress.deploy.runtimes import Deployment
 from autocompress.errors import AutocompressError
 from autocompress.spec.config import ModelSpec, StudySpec
@@ -37,6 +38,7 @@ log = logging.getLogger("autocompress")
 MODEL_FILE = "model.pt"
 STRUCTURE_FILE = "structure.json"
 TORCHSCRIPT_FILE = "model.torchscript.pt"   # written by export; load_exported's error points to it
+PROGRAM_FILE = "model.pt2"                  # an exported program (torchao PT2E): loaded as it is
 FORMAT = 1                                  # of structure.json and of a bundle's policy.yaml
 
 # Constructor arguments that pruning changes; every layer that has one is recorded.
@@ -145,7 +147,8 @@ def rebuild(structure: dict[str, Any]) -> nn.Module:
     if changed:
         _fit_batchnorms(model, example)
     q = structure.get("quantization") or {}
-    return quantized_skeleton(model.eval(), q.get("mode", "none"), example, per_channel=q.get("per_channel", True))
+    return quantized_skeleton(model.eval(), q.get("mode", "none"), example, per_channel=q.get("per_channel", True),
+                              backend=q.get("backend", "torch_ao"))
 
 
 # -- save and load -----------------------------------------------------------------------------
@@ -177,6 +180,12 @@ def load_exported(path: str | Path) -> nn.Module:
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise AutocompressError(f"not an exported model: {', '.join(missing)} missing")
+    program = folder / PROGRAM_FILE
+    if program.is_file():   # an exported program ships whole (torchao PT2E): nothing to rebuild
+        try:
+            return Exported.from_bytes(program.read_bytes()).eval()
+        except Exception as exc:
+            raise AutocompressError(f"{program}: cannot load the exported program ({error_line(exc)})") from None
     try:
         structure = json.loads(files[0].read_text(encoding="utf-8"))
         model = rebuild(structure)
@@ -188,8 +197,9 @@ def load_exported(path: str | Path) -> nn.Module:
             state = torch.load(files[1], map_location="cpu", weights_only=True)
     except Exception as exc:
         raise AutocompressError(f"{files[1]}: cannot read ({error_line(exc)})") from None
+    q = structure.get("quantization") or {}
     try:
-        model.load_state_dict(state, strict=True)
+        load_into(model, state, mode=q.get("mode", "none"), backend=q.get("backend", "torch_ao"))
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:400]
         raise AutocompressError(f"{files[1]} does not fit the rebuilt structure ({detail}); "
@@ -215,4 +225,4 @@ def structure_for(model: nn.Module, spec: StudySpec, data: DataBundle, policy: P
     q = policy.quantization
     return model_structure(model, model_spec=spec.model.model_dump(mode="json"),
                            source=str(Path(spec.source).resolve()) if spec.source else None, data=data,
-                           quantization={"mode": q.mode, "per_channel": q.per_channel})
+                           quantization={"mode": q.mode, "per_channel": q.per_channel, "backend": q.backend})

@@ -82,14 +82,15 @@ class Deployment:
     artifact: bytes
     threads: int              # CPU threads the runtime was built to use (ONNX Runtime: its session's)
     build_s: float
+    program: bool = False     # the artifact is an exported program (``model.pt2``), not a state dict
 
     @property
     def artifact_kind(self) -> str:
-        return KINDS[self.runtime]
+        return "exported program" if self.program else KINDS[self.runtime]
 
     @property
     def file_name(self) -> str:
-        return FILES[self.runtime]
+        return "model.pt2" if self.program else FILES[self.runtime]
 
     @property
     def sha256(self) -> str:
@@ -147,13 +148,20 @@ def deploy(model: nn.Module, runtime: str, example: torch.Tensor, *, device: str
             module = OnnxRuntimeModule(_session(artifact, device, threads))
             threads = module.threads
         else:
+            if runtime == "compile":
+                # Dynamo keys its cache by the forward's code object, which every model of a class
+                # shares: without a reset, a search's ninth compiled model of one class would hit
+                # the recompile limit (fullgraph makes that an error)
+                torch._dynamo.reset()
             module = torch.compile(model, fullgraph=True) if runtime == "compile" else model
-            artifact = serialized_bytes(model)
+            # a model that ships as an exported program says so (torchao's PT2E graphs)
+            artifact = model.to_bytes(example) if hasattr(model, "to_bytes") else serialized_bytes(model)
         with torch.inference_mode():
             out = module(example)  # the first call compiles (torch.compile) or fails here
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"returns {type(out).__name__}, not a tensor of logits")
-    return Deployment(runtime, module, artifact, threads, time.perf_counter() - start)
+    return Deployment(runtime, module, artifact, threads, time.perf_counter() - start,
+                      program=runtime in ("eager", "compile") and hasattr(model, "to_bytes"))
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:

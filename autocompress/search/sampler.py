@@ -62,8 +62,7 @@ def _choices(space: SearchSpace) -> dict[str, list[Any]]:
 
 
 def _why_not(values: dict[str, Any], device: str) -> str | None:
-    plan = TrialPlan(Policy.from_flat(values))
-    return plan.pipeline.conflict() or plan.pipeline.unsupported_on(device)
+    return TrialPlan(Policy.from_flat(values)).refusal(device)
 
 
 def static_rules(space: SearchSpace, device: str) -> list[Rule]:

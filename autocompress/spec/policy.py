@@ -46,9 +46,15 @@ class PruningPolicy:
 @dataclass(frozen=True)
 class QuantizationPolicy:
     mode: str = _choice("none", "none", "fp16", "bf16", "dynamic_int8", "static_int8", "qat_int8",
-                        doc="numeric format of the exported model")
+                        "int8_weight_only", "int8_dynamic_activation", "fp8_weight_only", "fp8_dynamic",
+                        "int4_weight_only",
+                        doc="numeric format of the exported model (int8_weight_only ... int4_weight_only: "
+                            "torchao, Linear layers)")
     calibration_batches: int = _knob(8, "static int8: training batches used to calibrate", low=1)
-    per_channel: bool = _knob(True, "per-channel weight scales for int8")
+    per_channel: bool = _knob(True, "per-channel weight scales for int8 (torch.ao)")
+    backend: str = _choice("torch_ao", "torch_ao", "torchao",
+                           doc="static_int8: torch.ao FX graph mode, or torchao's PT2E flow (x86 Inductor "
+                               "quantizer)")
 
 
 @dataclass(frozen=True)

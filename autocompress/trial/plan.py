@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from autocompress.compress import Pipeline, pipeline
+from autocompress.compress.quantization.torchao_modes import why_missing
 from autocompress.deploy.runtimes import RUNTIMES, RuntimeInfo
 from autocompress.errors import FailureKey
 from autocompress.metrics.registry import METRICS
@@ -47,6 +48,8 @@ class TrialPlan:
         knobs: tuple[tuple[str, object], ...] = (("runtime.backend", self.runtime.name), ("quantization.mode", fmt.name))
         if fmt.per_channel is not None:
             knobs += (("quantization.per_channel", fmt.per_channel),)
+        if fmt.name == "static_int8":   # the one mode two backends make
+            knobs += (("quantization.backend", self.policy.quantization.backend),)
         return FailureKey(self.runtime_key, knobs)
 
     @property
@@ -68,6 +71,15 @@ class TrialPlan:
             return set()
         stages = {"structure", "deployment"} if self.previews_deployment else {"structure"}
         return {m.name for m in METRICS.values() if m.final_at in stages and m.previewed}
+
+    def refusal(self, device: str) -> str | None:
+        """Why this policy cannot run on ``device`` at all, from the declarations (None: it may):
+        techniques that conflict, a format this machine's torchao lacks or without kernels there,
+        a runtime that cannot carry it."""
+        fmt = self.pipeline.number_format
+        missing = why_missing(fmt.name) if fmt.backend == "torchao" else None
+        return (self.pipeline.conflict() or missing or fmt.unsupported_on(device)
+                or fmt.unsupported_in(self.runtime.name))
 
     def describe(self) -> str:
         """One short human line: what this policy does."""

@@ -81,9 +81,10 @@ def run_trial(policy: Policy, ctx: TrialContext, *, keep_model: bool = True) -> 
 def _refuse_known(plan: TrialPlan, ctx: TrialContext) -> None:
     """End before any work a policy that cannot run: techniques that conflict, a format the
     target device has no kernels for, a runtime failure an earlier trial met."""
-    reason = plan.pipeline.conflict() or plan.pipeline.unsupported_on(ctx.target.device)
-    if reason:
-        raise TrialFailed(reason)
+    if conflict := plan.pipeline.conflict():
+        raise TrialFailed(conflict)
+    if reason := plan.refusal(ctx.target.device):   # a format the device or runtime cannot run: remembered
+        raise TrialFailed(reason, known_as=plan.failure_key)
     known: KnownFailure | None = ctx.failures.get(plan.runtime_key)
     if known is not None:
         raise TrialFailed(known.reason, known_as=plan.failure_key)

@@ -21,6 +21,7 @@ from torch import nn
 
 from autocompress.compress.base import Declaration, Technique
 from autocompress.compress.quantization.formats import FLOAT_DTYPES, CastInputs, number_format
+from autocompress.compress.quantization.torchao_modes import quantize_linear, static_pt2e, why_missing
 from autocompress.compress.quantization.torch_ao import (INT8_MODES, check_quantized, convert, fails_trial,
                                                          float_layers, prepare_qat, prepare_static, quiet,
                                                          quantize_dynamic, weight_dtypes)
@@ -41,16 +42,20 @@ class Quantization(Technique):
     @classmethod
     def declare(cls, policy: Policy) -> Declaration:
         q = policy.quantization
-        fmt = number_format(q.mode, q.per_channel)
-        scales = f" ({'per-channel' if q.per_channel else 'per-tensor'} weights)" if fmt.integer else ""
-        return Declaration(label=f"{q.mode} quantization", summary=q.mode, number_format=fmt,
-                           rewrites_graph_before_finetune=q.mode == "qat_int8",
-                           card_line=f"quantization: {q.mode}{scales}")
+        fmt = number_format(q.mode, q.per_channel, q.backend)
+        torchao = fmt.backend == "torchao"
+        scales = f" ({'per-channel' if q.per_channel else 'per-tensor'} weights)" if fmt.per_channel is not None else ""
+        return Declaration(label=f"{q.mode} quantization", summary=q.mode + (" (torchao)" if torchao and
+                                                                            q.mode == "static_int8" else ""),
+                           number_format=fmt, rewrites_graph_before_finetune=q.mode == "qat_int8",
+                           card_line=f"quantization: {fmt.label}{scales}" + (
+                               "; fast under torch.compile" if fmt.fast_under == {"compile"} else ""))
 
     def __init__(self, policy, ctx, pipeline) -> None:
         super().__init__(policy, ctx, pipeline)
         self.q = policy.quantization
         self.mode = self.q.mode
+        self.format = pipeline.number_format
         self._steps = 0
         self._float_size_mb: float | None = None  # QAT: before fake-quant modules were added
         self._proof: dict[str, Any] = {"mode": self.mode}
@@ -59,6 +64,8 @@ class Quantization(Technique):
     # (Whether the target device has kernels for the format is declared: ``NumberFormat.devices``.)
     def compress(self, model: nn.Module) -> nn.Module:
         device = torch.device(self.ctx.target_device)
+        if self.format.backend == "torchao":
+            return self._check_torchao(model, device)
         if self.mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise TrialFailed(f"bf16 is not supported by {torch.cuda.get_device_name(device)}")
         if self.mode == "dynamic_int8" and not any(isinstance(m, (nn.Linear, nn.LSTM, nn.GRU))
@@ -95,6 +102,8 @@ class Quantization(Technique):
             return model
         model = model.cpu().eval()
         size_before = self._float_size_mb or size_mb(model)
+        if self.format.backend == "torchao":
+            return self._torchao(model, size_before)
         if self.mode in FLOAT_DTYPES:
             dtype = FLOAT_DTYPES[self.mode]
             out: nn.Module = CastInputs(model.to(dtype), dtype).eval()
@@ -126,9 +135,31 @@ class Quantization(Technique):
     def proof(self) -> dict[str, Any]:
         return {"quantization": dict(self._proof)}
 
+    def _check_torchao(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """Before training: torchao is there and has the mode, the GPU can run fp8, and (on a copy)
+        the mode changes at least one layer of this model."""
+        if (missing := why_missing(self.mode)) is not None:
+            raise TrialFailed(missing)
+        if self.mode == "fp8_dynamic" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+            raise TrialFailed(f"fp8_dynamic needs fp8 kernels (compute capability 8.9 or more); "
+                              f"{torch.cuda.get_device_name(device)} has {torch.cuda.get_device_capability(device)}")
+        if self.mode != "static_int8":
+            quantize_linear(copy.deepcopy(model).cpu().eval(), self.mode)   # TrialFailed when nothing changes
+        return model
+
+    def _torchao(self, model: nn.Module, size_before: float) -> nn.Module:
+        if self.mode == "static_int8":
+            out, proof = static_pt2e(model, self.ctx.example_batch(), lambda forward: self._calibrate(forward, eval_mode=False))
+        else:
+            out, proof = quantize_linear(model, self.mode)
+        self._proof.update({**proof, "size_before_mb": round(size_before, 6), "size_after_mb": round(size_mb(out), 6),
+                            "fast_under": sorted(self.format.fast_under)})
+        return out
+
     @torch.no_grad()
-    def _calibrate(self, prepared: nn.Module) -> int:
-        prepared.eval()
+    def _calibrate(self, prepared: nn.Module, eval_mode: bool = True) -> int:
+        if eval_mode:   # an exported PT2E graph was put in eval mode by torchao itself
+            prepared.eval()
         loader = make_loader(self.ctx.data.train, self.policy.training.batch_size, shuffle=True,
                              seed=self.ctx.seed)
         seen = 0
