@@ -4,22 +4,21 @@ Torch-Pruning first (``coupling``): its dependency graph follows residual adds, 
 shuffles, grouped convolutions, normalisations and custom blocks, and every removal is verified
 against zeroing. NNI second (``plan``/``masks``/``engine``), when Torch-Pruning cannot trace the
 model or finds nothing it can remove: NNI's FX-based ModelSpeedup handles models Torch-Pruning's
-hook tracer cannot. The proof names the engine and, for Torch-Pruning, every group cut (root,
-layers resized, channels before and after) and every group left whole with the reason.
+hook tracer cannot. Third, when NNI cannot shrink it either: Torch-Pruning block by block
+(``coupling.block_scope``), the channels internal to the blocks it can trace alone. The proof names
+the engine and, for Torch-Pruning, every group cut (root, layers resized, channels before and
+after) and every group left whole with the reason. A trial fails only when all three find nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from typing import Iterator
-
 import torch
 from torch import nn
 
-from autocompress.compress.pruning.coupling import (CannotTrace, Cuts, dependency_graph, group_masks, plan_groups,
-                                                    shrink_groups)
+from autocompress.compress.pruning.coupling import Cuts, group_masks, plan_groups, shrink_groups
 from autocompress.compress.pruning.engine import shrink
+from autocompress.compress.pruning.graph import CannotTrace, Scope, block_scope
 from autocompress.compress.pruning.masks import MaskedWeights, criterion_masks
 from autocompress.compress.pruning.plan import channel_sparsity, out_widths, plan_structured, with_norms, zero_fraction
 from autocompress.compress.pruning.techniques import PruningBase, pruning_steps, scheduled_ratio
@@ -31,14 +30,11 @@ def _count(model: nn.Module) -> int:
     return count_params(model)[0]
 
 
-@contextlib.contextmanager
-def _both_engines(why: CannotTrace) -> Iterator[None]:
-    """A failure of the NNI fallback also says why Torch-Pruning was not used: a failed trial keeps
-    only its reason (no proof), and NNI's alone hides that the first engine was tried."""
-    try:
-        yield
-    except TrialFailed as exc:
-        raise TrialFailed(f"{exc.reason}; Torch-Pruning could not either: {why}", known_as=exc.known_as) from None
+def _no_engine(nni: TrialFailed, whole: CannotTrace, blocks: CannotTrace) -> TrialFailed:
+    """A failure of every engine says why each was not used: a failed trial keeps only its reason
+    (no proof), and NNI's alone would hide that Torch-Pruning was tried, on the model and per block."""
+    return TrialFailed(f"{nni.reason}; Torch-Pruning could not either: {whole}; nor block by block: {blocks}",
+                       known_as=nni.known_as)
 
 
 class StructuredPruning(PruningBase):
@@ -53,31 +49,49 @@ class StructuredPruning(PruningBase):
             model.train(was_training)
             return model
         try:
-            done = self._coupled(model, example, fraction=1.0)
+            done = self._coupled(model, example, Scope.whole(example), fraction=1.0)
             self._record_coupled(done)
-        except CannotTrace as exc:
-            self.facts["engine_fallback"] = f"Torch-Pruning: {exc}; NNI shrank the model instead"
-            with _both_engines(exc):
-                self._nni(model, example)
+        except CannotTrace as whole:
+            model = self._fallback(model, example, whole)
         self._record_widths(model, before, params_before)
         model.train(was_training)
         return model
 
+    def _fallback(self, model: nn.Module, example: torch.Tensor, whole: CannotTrace) -> nn.Module:
+        """NNI on a copy (a failed ModelSpeedup leaves a half-shrunk model), else Torch-Pruning per block."""
+        try:
+            shrunk = copy.deepcopy(model)
+            self._nni(shrunk, example)
+            self.facts["engine_fallback"] = f"Torch-Pruning: {whole}; NNI shrank the model instead"
+            return shrunk
+        except TrialFailed as nni:
+            try:
+                scope, untraced = block_scope(model, example)
+                done = self._coupled(model, example, scope, fraction=1.0)
+            except CannotTrace as blocks:
+                raise _no_engine(nni, whole, blocks) from None
+            self._record_coupled(done, scope, untraced)
+            self.facts["engine_fallback"] = (f"Torch-Pruning: {whole}; NNI: {nni.reason}; Torch-Pruning pruned the "
+                                             f"channels internal to {len(scope.blocks)} blocks traced alone instead")
+        return model
+
     # -- Torch-Pruning ---------------------------------------------------------------------------
-    def _coupled(self, model: nn.Module, example: torch.Tensor, fraction: float) -> Cuts:
-        cuts = plan_groups(model, dependency_graph(model, example), self.p, self.ctx, fraction)
-        done = shrink_groups(model, example, cuts)
+    def _coupled(self, model: nn.Module, example: torch.Tensor, scope: Scope, fraction: float) -> Cuts:
+        cuts = plan_groups(model, scope, self.p, self.ctx, fraction)
+        done = shrink_groups(model, example, scope, cuts)
         if not done.groups:
             raise CannotTrace("no group of channels can be removed" + (
                 f" ({'; '.join(f'{k}: {v}' for k, v in list(done.left_whole.items())[:3])})" if done.left_whole else ""))
         return done
 
-    def _record_coupled(self, done: Cuts) -> None:
+    def _record_coupled(self, done: Cuts, scope: Scope | None = None, untraced: dict[str, str] | None = None) -> None:
         self.facts.update(engine="torch-pruning", criterion=self.p.criterion, protected=list(done.protected),
                           layer_ratios={c.root: round(c.ratio, 4) for c in done.groups},
                           groups={c.root: {"layers": list(c.layers), "channels": [c.width, c.width - len(c.remove)]}
                                   for c in done.groups},
                           left_whole=dict(done.left_whole), shrink_verified=True)
+        if scope is not None and scope.blocks:
+            self.facts.update(blocks=scope.blocks, blocks_untraced=dict(untraced or {}))
 
     # -- NNI -------------------------------------------------------------------------------------
     def _nni(self, model: nn.Module, example: torch.Tensor) -> None:
@@ -111,15 +125,26 @@ class GradualPruning(StructuredPruning):
         self.total_steps, self.steps_done = pruning_steps(self.ctx.epochs), 0
         self.widths = out_widths(model)
         self.cuts, self.masks = Cuts(), {}
-        try:   # fail before training, not after: cut a copy at the target once
-            self._coupled(copy.deepcopy(model), example, fraction=1.0)
+        self.scope, self.left_whole = Scope.whole(example), {}
+        try:   # fail before training, not after: cut a copy at the target once; what it leaves whole stays so
+            self.left_whole = self._coupled(copy.deepcopy(model), example, self.scope, fraction=1.0).left_whole
             self.engine = "torch-pruning"
-        except CannotTrace as exc:
-            self.facts["engine_fallback"] = f"Torch-Pruning: {exc}; NNI shrinks the model instead"
-            with _both_engines(exc):
+        except CannotTrace as whole:
+            try:
                 self.plan = plan_structured(model, self.p, example)
                 shrink(copy.deepcopy(model), criterion_masks(model, self.plan.scaled(1.0), "l1", self.ctx), example)
-            self.engine = "nni"
+                self.facts["engine_fallback"] = f"Torch-Pruning: {whole}; NNI shrinks the model instead"
+                self.engine = "nni"
+            except TrialFailed as nni:
+                try:
+                    self.scope, untraced = block_scope(model, example)
+                    self.left_whole = self._coupled(copy.deepcopy(model), example, self.scope, fraction=1.0).left_whole
+                except CannotTrace as blocks:
+                    raise _no_engine(nni, whole, blocks) from None
+                self.facts.update(engine_fallback=f"Torch-Pruning: {whole}; NNI: {nni.reason}; Torch-Pruning "
+                                  f"prunes the channels internal to {len(self.scope.blocks)} blocks traced alone",
+                                  blocks=self.scope.blocks, blocks_untraced=untraced)
+                self.engine = "torch-pruning"
         model.train(was_training)
         self.facts.update(engine=self.engine, schedule=self.p.schedule, pruning_steps=self.total_steps,
                           sparsity_per_epoch=[], schedule_per_epoch=[])
@@ -128,11 +153,13 @@ class GradualPruning(StructuredPruning):
     def _prune_to(self, model: nn.Module, step: int) -> None:
         fraction = scheduled_ratio(1.0, step, self.total_steps, self.p.schedule)
         if self.engine == "torch-pruning":
-            example, was_training = self.ctx.example_batch(2), model.training
+            was_training = model.training
             model.eval()
-            graph = dependency_graph(model, example.to(next(model.parameters()).device))
-            self.cuts = plan_groups(model, graph, self.p, self.ctx, fraction)
-            self.masks = group_masks(model, graph, self.cuts.groups)
+            scope = self.scope.to(next(model.parameters()).device)
+            cuts = plan_groups(model, scope, self.p, self.ctx, fraction)
+            self.cuts = Cuts([c for c in cuts.groups if c.root not in self.left_whole],
+                             {**cuts.left_whole, **self.left_whole}, cuts.protected)
+            self.masks = group_masks(model, scope, self.cuts.groups)
             model.train(was_training)
         else:
             self.masks = with_norms(criterion_masks(model, self.plan.scaled(fraction), self.p.criterion, self.ctx),
@@ -169,7 +196,7 @@ class GradualPruning(StructuredPruning):
         with torch.no_grad():
             masked_out = model(example)
         if self.engine == "torch-pruning":
-            self._record_coupled(shrink_groups(model, example, self.cuts))
+            self._record_coupled(shrink_groups(model, example, self.scope, self.cuts), self.scope)
         else:
             shrink(model, self.masks, example)
         self._record_widths(model, before, params_before)
