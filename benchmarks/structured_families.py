@@ -174,6 +174,7 @@ def main() -> None:
     args = ap.parse_args()
     chosen = families() if not args.families else {f: families()[f] for f in args.families.split(",")}
     codes = {"after": REPO, **({"before": args.before.resolve()} if args.before else {})}
+    args.out = args.out.resolve()   # each study runs with its code checkout as working directory
     rows: dict[str, dict[str, dict]] = {}
     for fam, (model, data) in chosen.items():
         for code, root in codes.items():

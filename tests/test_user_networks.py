@@ -20,6 +20,7 @@ import optuna
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 from typer.testing import CliRunner
 
 from autocompress.cli import app
@@ -27,6 +28,8 @@ from autocompress.errors import TrialFailed
 from autocompress.metrics.flops import count_flops
 from autocompress.metrics.size import count_params
 from autocompress.search import record
+from autocompress.spec.policy import Policy
+from autocompress.training.loop import FitPlan, fine_tune
 from autocompress.zoo.models import torchvision_model
 from test_pruning import build, pruning, random_ctx
 
@@ -315,9 +318,8 @@ def test_torchvision_convnext_tiny_shrinks_and_leaves_layernormed_groups_whole()
 def test_torchvision_googlenet_shrinks_and_leaves_the_auxiliary_heads_inputs_whole():
     """torchvision_model gives googlenet with aux_logits (random init): in train mode it returns
     GoogLeNetOutputs(logits, aux2, aux1), and the two auxiliary heads read inception4a and 4d, which
-    the eval-mode trace does not see: those groups are left whole, with the reason. (A study cannot
-    use this model at all: the training loop calls ``.float()`` on the namedtuple and the baseline
-    fails; with ``aux_logits: false`` it trains and prunes, see docs/BENCHMARKS.md.)"""
+    the eval-mode trace does not see: those groups are left whole, with the reason. The shrunk model
+    fine-tunes, its auxiliary heads in the loss (``training.loop.split_outputs``)."""
     model, technique = _torchvision("googlenet")
     params = count_params(model)[0]
     model = technique.compress(model)
@@ -327,3 +329,7 @@ def test_torchvision_googlenet_shrinks_and_leaves_the_auxiliary_heads_inputs_who
     assert all("train mode" in why for why in facts["left_whole"].values())
     with torch.no_grad():
         assert model.train()(torch.randn(2, 3, 32, 32)).logits.shape == (2, 10)
+    ds = TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    before = copy.deepcopy(model.aux1.fc2.weight)
+    fit = fine_tune(model, ds, ds, Policy(), FitPlan(epochs=1, device=torch.device("cpu"), seed=0))
+    assert len(fit.history) == 1 and not torch.equal(before, model.aux1.fc2.weight)   # the aux heads learn too

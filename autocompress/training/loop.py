@@ -77,8 +77,10 @@ class _Step:
     def __call__(self, x: torch.Tensor, y: torch.Tensor, where: str) -> torch.Tensor:
         """One optimizer step on (x, y); returns the loss. ``where`` names the step in errors."""
         with torch.autocast(self.plan.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.use_amp):
-            logits = self.model(x)
+            logits, aux = split_outputs(self.model(x))
             loss = self.criterion(logits.float(), y)
+            for extra in aux:   # auxiliary heads (GoogLeNet, Inception v3) train with their usual weight
+                loss = loss + AUX_WEIGHT * self.criterion(extra.float(), y)
             hard = y if y.dim() == 1 else y.argmax(dim=1)
             for t in self.plan.techniques:
                 loss = t.loss(loss, inputs=x, logits=logits, targets=hard)
@@ -97,6 +99,21 @@ class _Step:
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+
+AUX_WEIGHT = 0.3   # of each auxiliary classifier's loss (the GoogLeNet paper's weight)
+
+
+def split_outputs(out: object) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(logits, auxiliary logits) of a model's training-mode output: a tensor, or a named tuple
+    with ``logits`` and auxiliary heads (torchvision's GoogLeNetOutputs, InceptionOutputs)."""
+    if isinstance(out, torch.Tensor):
+        return out, []
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor) and isinstance(out, tuple):
+        return logits, [v for v in out if isinstance(v, torch.Tensor) and v is not logits]
+    raise TrialFailed(f"in training mode the model returns {type(out).__name__}, not a tensor of logits "
+                      "(or a named tuple with `logits`)")
 
 
 def fine_tune(model: nn.Module, train: Dataset, val: Dataset, policy: Policy, plan: FitPlan) -> FitResult:
