@@ -89,7 +89,7 @@ Accuracy is on the validation split (`test_accuracy` on the held-out test split)
 Latency is compared with the baseline by `speedup`: both models timed in turn in one process, over
 several rounds (median and interquartile range of the per-round ratios); sizes and counts by their exact ratio.
 
-{_files_and_loading(artifacts, out, shape)}
+{_files_and_loading(artifacts, out, shape, "text" in b.structure)}
 
 ## Environment
 
@@ -99,8 +99,12 @@ several rounds (median and interquartile range of the per-round ratios); sizes a
 """
 
 
-def _files_and_loading(artifacts: dict[str, str], out: Path, shape: str) -> str:
+def _files_and_loading(artifacts: dict[str, str], out: Path, shape: str, text: bool = False) -> str:
     files = "\n".join(f"| `{name}` | {status} |" for name, status in artifacts.items())
+    call = ('labels = model.predict(["a text to classify"])   # or logits = model(texts), or model(ids)\n'
+            f"# ids: int64 token ids of shape (batch, {shape}); structure.json holds the tokenizer"
+            if text else f"logits = model(x)   # x: float tensor of shape (batch, {shape})")
+    axes = "dynamic batch and sequence length (int64 token ids)" if text else "dynamic batch"
     return f"""## Files
 
 | file | status |
@@ -114,19 +118,19 @@ def _files_and_loading(artifacts: dict[str, str], out: Path, shape: str) -> str:
 ```python
 from autocompress import load_exported
 model = load_exported("{out}")  # this folder
-logits = model(x)   # x: float tensor of shape (batch, {shape})
+{call}
 ```
 
 `model.pt` is a plain state dict (`torch.load(..., weights_only=True)`); `structure.json` lists the
 layer widths after pruning and the quantization mode that rebuild its module tree.
 TorchScript: `torch.jit.load("{TORCHSCRIPT_FILE}")`. ONNX: `onnxruntime.InferenceSession("{ONNX_FILE}")`,
-input `input`, output `logits`, dynamic batch.
+input `input`, output `logits`, {axes}.
 
 Re-train this policy at full budget: `autocompress apply {POLICY_FILE} --epochs 30`."""
 
 
 def _model_reference(m: dict[str, Any]) -> str:
-    kind = next((k for k in ("builtin", "torchvision", "factory") if m.get(k)), None)
+    kind = next((k for k in ("builtin", "torchvision", "factory", "transformers") if m.get(k)), None)
     if kind is None:
         return str(m)
     kwargs = ", ".join(f"{k}={v}" for k, v in (m.get("kwargs") or {}).items())

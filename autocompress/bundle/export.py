@@ -89,7 +89,7 @@ def _saved_bundle(t: TrialRecord, saved: Path, run_dir: Path, common: dict[str, 
     where = saved.relative_to(run_dir) if saved.is_relative_to(run_dir) else saved.name
     file = (t.proof.get("runtime") or {}).get("file")   # the artifact the trial measured (older trials: none)
     measured = (file, (saved / file).read_bytes()) if file and (saved / file).is_file() else None
-    return Bundle(model=load_exported(saved), structure=json.loads((saved / STRUCTURE_FILE).read_text()),
+    return Bundle(model=load_exported(saved, reads_text=False), structure=json.loads((saved / STRUCTURE_FILE).read_text()),
                   measured=measured,
                   metrics=dict(t.metrics), measured_on=dataclasses.asdict(t.measured_on) if t.measured_on else {},
                   proof=dict(t.proof), history=[dataclasses.asdict(e) for e in t.history],

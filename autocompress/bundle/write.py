@@ -14,7 +14,7 @@ from torch import nn
 from autocompress.bundle.bundle import (BUNDLE_FILES, CARD_FILE, METRICS_FILE, ONNX_FILE, POLICY_FILE, Bundle,
                                         metrics_document, policy_document)
 from autocompress.bundle.card import model_card
-from autocompress.deploy.artifacts import MODEL_FILE, STRUCTURE_FILE, TORCHSCRIPT_FILE, save_model
+from autocompress.deploy.artifacts import MODEL_FILE, STRUCTURE_FILE, TORCHSCRIPT_FILE, example_inputs, save_model
 from autocompress.deploy.agreement import compare_predictions
 from autocompress.deploy.runtimes import deploy
 from autocompress.utils import atomic_write_bytes, atomic_write_text, error_line
@@ -39,7 +39,7 @@ def write_bundle(b: Bundle, out: Path) -> dict[str, str]:
         atomic_write_bytes(out / name, data)
         artifacts[name] = f"ok: the artifact the trial measured (sha256 {hashlib.sha256(data).hexdigest()[:16]}...)"
     # a random batch, not zeros: the other runtimes' files are compared with the model on it
-    example = torch.randn(32, *b.structure["input_shape"], generator=torch.Generator().manual_seed(0))
+    example = example_inputs(b.structure, 32)
     for runtime, name in (("torchscript", TORCHSCRIPT_FILE), ("onnxruntime", ONNX_FILE)):
         if name not in artifacts:
             artifacts[name] = _other_runtime(b.model, runtime, example, out / name)

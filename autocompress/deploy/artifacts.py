@@ -32,6 +32,8 @@ from autocompress.spec.policy import Policy
 from autocompress.utils import atomic_torch_save, atomic_write_bytes, atomic_write_text, error_line
 from autocompress.zoo import build_model
 from autocompress.zoo.data import DataBundle
+from autocompress.zoo.text import TextInfo, TextModel
+from autocompress.zoo.transformers import TokenLayout
 
 log = logging.getLogger("autocompress")
 
@@ -70,9 +72,28 @@ def model_structure(model: nn.Module, *, model_spec: dict[str, Any], source: str
             widths[a] = list(v) if isinstance(v, (tuple, list)) else v
         if widths and name:
             layers[name] = {"type": type(m).__name__, **widths}
-    return {"format": FORMAT, "model": model_spec, "source": source, "num_classes": data.num_classes,
-            "input_shape": list(data.input_shape), "quantization": quantization, "layers": layers,
-            "torch": torch.__version__}
+    out = {"format": FORMAT, "model": model_spec, "source": source, "num_classes": data.num_classes,
+           "input_shape": list(data.input_shape), "quantization": quantization, "layers": layers,
+           "torch": torch.__version__}
+    if data.text is not None:   # token ids in: the tokenizer and the ids' layout, so it reads raw text
+        out["text"] = data.text.to_dict()
+    return out
+
+
+def example_inputs(structure: dict[str, Any], n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` random inputs of the recorded shape: token ids of full length between [CLS]-like
+    and pad where the model takes text, standard normal values otherwise."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = tuple(structure["input_shape"])
+    text = structure.get("text")
+    if text is None:
+        return torch.randn(n, *shape, generator=gen)
+    layout = TokenLayout.of(text)
+    low = min(5, layout.vocab_size - 1)   # past the special tokens of a WordPiece vocabulary
+    ids = torch.randint(low, layout.vocab_size, (n, *shape), generator=gen)
+    lengths = torch.randint(2, shape[-1] + 1, (n,), generator=gen)
+    ids[torch.arange(shape[-1])[None, :] >= lengths[:, None]] = layout.pad_id   # padded like real batches
+    return ids
 
 
 def _resized(m: nn.Module, rec: dict[str, Any]) -> nn.Module | None:
@@ -131,7 +152,7 @@ def rebuild(structure: dict[str, Any]) -> nn.Module:
     spec = ModelSpec(**{**structure["model"], "checkpoint": None})
     input_shape = tuple(structure["input_shape"])
     model = build_model(spec, num_classes=structure["num_classes"], input_shape=input_shape,
-                        source=structure.get("source"))
+                        source=structure.get("source"), text=structure.get("text"))
     changed = False
     for name, rec in structure["layers"].items():
         try:
@@ -143,7 +164,7 @@ def rebuild(structure: dict[str, Any]) -> nn.Module:
         if fresh is not None:
             model.set_submodule(name, fresh)
             changed = True
-    example = torch.zeros(2, *input_shape)
+    example = example_inputs(structure, 2)
     if changed:
         _fit_batchnorms(model, example)
     q = structure.get("quantization") or {}
@@ -167,8 +188,10 @@ def save_model(model: nn.Module, folder: Path, structure: dict[str, Any], shippe
     atomic_write_text(folder / STRUCTURE_FILE, json.dumps(structure, indent=1))
 
 
-def load_exported(path: str | Path) -> nn.Module:
+def load_exported(path: str | Path, *, reads_text: bool = True) -> nn.Module:
     """A ready-to-run model (eval mode, CPU) from an export folder, or a trial folder of a search.
+    A model trained on text comes with its tokenizer (``zoo.text.TextModel``: call it on strings
+    or token ids); ``reads_text=False`` gives the bare model, which takes token ids.
 
     Example:
         >>> model = load_exported("runs/digits-cnn/export")  # doctest: +SKIP
@@ -204,6 +227,8 @@ def load_exported(path: str | Path) -> nn.Module:
         detail = " ".join(str(exc).split())[:400]
         raise AutocompressError(f"{files[1]} does not fit the rebuilt structure ({detail}); "
                                 f"{TORCHSCRIPT_FILE} may still load with torch.jit.load") from None
+    if reads_text and "tokenizer" in (structure.get("text") or {}):   # takes strings too
+        return TextModel(model.eval(), TextInfo.from_dict(structure["text"])).eval()
     return model.eval()
 
 

@@ -165,13 +165,15 @@ def deploy(model: nn.Module, runtime: str, example: torch.Tensor, *, device: str
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
-    """ONNX bytes with a dynamic batch dimension (TorchScript-based exporter, see module doc)."""
+    """ONNX bytes with a dynamic batch dimension, and a dynamic sequence dimension for token ids
+    (TorchScript-based exporter, see module doc)."""
     buf = io.BytesIO()
+    axes = {0: "batch", 1: "sequence"} if example.dim() == 2 and not example.is_floating_point() else {0: "batch"}
     with warnings.catch_warnings(), _no_onnx_ir_dump():
         warnings.simplefilter("ignore")  # legacy-exporter deprecation notice, tracer warnings
         torch.onnx.export(model, (example,), buf, dynamo=False, input_names=["input"],
                           output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                          dynamic_axes={"input": axes, "logits": {0: "batch"}})
     return buf.getvalue()
 
 

@@ -21,6 +21,7 @@ from autocompress.spec.fields import device_name
 from autocompress.spec.policy import Policy
 from autocompress.spec.space import SearchSpace
 from autocompress.training.augment import misfit
+from autocompress.trial.context import fit_length
 from autocompress.utils import error_line
 from autocompress.zoo.data import DataBundle
 
@@ -60,6 +61,17 @@ def check_forward(model: nn.Module, data: DataBundle, spec: StudySpec) -> None:
     if out.dim() != 2 or out.shape[1] != data.num_classes:
         raise ConfigError(spec.source, "model", f"the model outputs shape {tuple(out.shape)}; expected "
                                                 f"(batch, {data.num_classes}) logits")
+    length = spec.target.seq_len
+    if length is not None:
+        if data.text is None:
+            raise ConfigError(spec.source, "target.seq_len", "applies to text data (token ids) only")
+        ids = fit_length(torch.as_tensor(x).unsqueeze(0).repeat(2, 1), length, data.text.pad_id)
+        try:
+            with torch.inference_mode():
+                model.eval()(ids)
+        except Exception as exc:
+            raise ConfigError(spec.source, "target.seq_len", f"the model does not run on {length} tokens: "
+                                                             f"{error_line(exc, 200)}") from None
 
 
 def check_augmentation(spec: StudySpec, space: SearchSpace, data: DataBundle, log: Callable[[str], None]) -> None:

@@ -25,7 +25,7 @@ def build_inputs(spec: StudySpec) -> tuple[DataBundle, nn.Module]:
     data = build_data(spec.data, seed=spec.seed, source=spec.source)
     seed_everything(spec.seed)  # the baseline's initial weights
     teacher = build_model(spec.model, num_classes=data.num_classes, input_shape=data.input_shape,
-                          source=spec.source)
+                          source=spec.source, text=data.text)
     check_forward(teacher, data, spec)
     return data, teacher
 
@@ -35,9 +35,9 @@ def trial_context(spec: StudySpec, data: DataBundle, teacher: nn.Module, *, devi
     """The context of ``spec``'s trials before the baseline is known (it trains the teacher)."""
     t = spec.target
     target = TargetSettings(device=t.device, batch_size=t.batch_size, threads=t.threads, max_time_s=t.max_time_s,
-                            throughput_batch_size=t.throughput_batch_size)
+                            throughput_batch_size=t.throughput_batch_size, seq_len=t.seq_len)
     return TrialContext(data=data, teacher=teacher, baseline_metrics={}, device=resolve_device(device or spec.device),
-                        target=target, epochs=spec.budget.epochs, seed=spec.seed)
+                        target=target, epochs=spec.budget.epochs, seed=spec.seed, base_dir=spec.base_dir)
 
 
 def with_baseline(ctx: TrialContext, spec: StudySpec, run_dir: Path, *, log: Callable[[str], None],

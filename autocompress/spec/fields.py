@@ -19,24 +19,36 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+MODEL_SOURCES = ("builtin", "torchvision", "factory", "transformers")
+
+
 class ModelSpec(Strict):
     builtin: str | None = None
     torchvision: str | None = None
     factory: str | None = Field(None, description='"package.module:function"')
+    transformers: dict[str, Any] | None = Field(None, description="{path: a save_pretrained directory} or "
+                                                                  "{config: {model_type: bert, ...}}")
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = Field(None, description="state dict loaded with weights_only=True")
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
-        given = [k for k in ("builtin", "torchvision", "factory") if getattr(self, k)]
+        given = [k for k in MODEL_SOURCES if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError("give exactly one of builtin, torchvision, factory")
+            raise ValueError(f"give exactly one of {', '.join(MODEL_SOURCES)}")
         return self
 
     @property
+    def kind(self) -> str:
+        return next(k for k in MODEL_SOURCES if getattr(self, k))
+
+    @property
     def reference(self) -> str:
-        kind = next(k for k in ("builtin", "torchvision", "factory") if getattr(self, k))
-        return f"{kind}:{getattr(self, kind)}"
+        if self.kind == "transformers":
+            t = self.transformers or {}
+            return (f"transformers:{t['path']}" if "path" in t
+                    else f"transformers:{(t.get('config') or {}).get('model_type', '?')} (config)")
+        return f"{self.kind}:{getattr(self, self.kind)}"
 
 
 class DataSpec(Strict):
@@ -45,19 +57,20 @@ class DataSpec(Strict):
     cifar100: dict[str, Any] | None = None
     imagefolder: dict[str, Any] | None = None
     factory: str | None = None
+    text: dict[str, Any] | None = None   # token ids from texts: {builtin: reviews} or {train: file.csv, ...} (zoo.text)
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
-        given = [k for k in ("builtin", "cifar10", "cifar100", "imagefolder", "factory")
+        given = [k for k in ("builtin", "cifar10", "cifar100", "imagefolder", "factory", "text")
                  if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of builtin, cifar10, cifar100, imagefolder, factory")
+            raise ValueError("give exactly one of builtin, cifar10, cifar100, imagefolder, factory, text")
         return self
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("builtin", "cifar10", "cifar100", "imagefolder", "factory")
+        return next(k for k in ("builtin", "cifar10", "cifar100", "imagefolder", "factory", "text")
                     if getattr(self, k) is not None)
 
     @property
@@ -171,6 +184,9 @@ class TargetSpec(Strict):
     max_time_s: float = Field(1.0, gt=0, le=600, description="cap on timed runs per model")
     throughput_batch_size: int | None = Field(None, ge=1, le=65536,
                                               description="also measure throughput_sps at this batch size")
+    seq_len: int | None = Field(None, ge=2, le=1_000_000,
+                                description="text: the token sequence length latency and FLOPs are measured at, "
+                                            "padding included (default: the data's seq_len)")
 
     @field_validator("device")
     @classmethod

@@ -93,10 +93,13 @@ class TrainingPolicy:
 @dataclass(frozen=True)
 class AugmentationPolicy:
     policy: str = _choice("none", "none", "crop", "crop_flip", "rotate_scale", "color", "combined",
-                          "trivialaugment", "randaugment", "noise", "time_shift", "time_scale")
+                          "trivialaugment", "randaugment", "noise", "time_shift", "time_scale",
+                          "token_delete", "token_swap", "token_insert", "token_mask", "synonym")
     mix: str = _choice("none", "none", "mixup", "cutmix")
     mix_alpha: float = _knob(0.2, "mixup/cutmix Beta(alpha, alpha)", low=0.0)
     mix_prob: float = _knob(0.5, "probability of mixing a batch", low=0.0, high=1.0)
+    text_rate: float = _knob(0.1, "share of tokens a text augmentation changes", low=0.0, high=0.5)
+    synonyms: str = _knob("", "synonym policy: the path of a YAML or TSV table word -> synonyms", path=True)
 
 
 @dataclass(frozen=True)

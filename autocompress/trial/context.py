@@ -6,6 +6,7 @@ Built once, complete, and never changed afterwards (the caches are shared on pur
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
@@ -26,6 +27,7 @@ class TargetSettings:
     threads: int | None = 1
     max_time_s: float = 1.0
     throughput_batch_size: int | None = None   # also measure throughput_sps at this batch size
+    seq_len: int | None = None                 # text: the length inputs are measured at (padding included)
 
     @property
     def resolved_threads(self) -> int:
@@ -52,6 +54,7 @@ class TrialContext:
     epochs: int = 3
     seed: int = 0
     eval_batch_size: int = 256
+    base_dir: Path | None = None              # the study file's folder: paths in policies resolve against it
     # Called with the preview costs of the compressed, untrained model: stop before training
     # (a hard constraint already broken), go on, or measure again (a decision within noise).
     prescreen: Callable[[Preview], Screen] | None = None
@@ -72,5 +75,23 @@ class TrialContext:
         return f"{plan.cost_key} @{t.device}/{t.resolved_threads}t/b{t.batch_size}"
 
     def example_batch(self, n: int = 2) -> torch.Tensor:
+        """``n`` training inputs; token ids padded or cut to ``target.seq_len`` where it is set."""
         loader = make_loader(self.data.train, n, shuffle=False)
-        return next(iter(loader))[0]
+        x = next(iter(loader))[0]
+        if self.data.text is not None and self.target.seq_len:
+            x = fit_length(x, self.target.seq_len, self.data.text.pad_id)
+        return x
+
+
+def fit_length(ids: torch.Tensor, length: int, pad_id: int) -> torch.Tensor:
+    """Token ids cut to ``length`` (the last position keeps the row's last token, its [SEP]) or
+    padded to it with ``pad_id``: what a deployed text model sees at that length."""
+    n, have = ids.shape
+    if length >= have:
+        return torch.cat([ids, torch.full((n, length - have), pad_id, dtype=ids.dtype)], 1)
+    cut = ids[:, :length].clone()
+    last = (ids != pad_id).sum(1).clamp(min=1) - 1
+    ends = ids[torch.arange(n), last]
+    overflow = last >= length
+    cut[overflow, -1] = ends[overflow]
+    return cut

@@ -143,7 +143,7 @@ def _fine_tune(model: nn.Module, plan: TrialPlan, ctx: TrialContext, techniques:
     on_epoch = None
     if ctx.on_epoch is not None:
         on_epoch = lambda e, row: preview.screen(lambda p: ctx.on_epoch(e, row, p)).reason  # noqa: E731
-    augment = build_batch_transform(plan.policy.augmentation, ctx.data, seed=ctx.seed)
+    augment = build_batch_transform(plan.policy.augmentation, ctx.data, seed=ctx.seed, base_dir=ctx.base_dir)
     fit = fine_tune(model, ctx.data.train, ctx.data.val, plan.policy,
                     FitPlan(epochs=ctx.epochs, device=ctx.device, seed=ctx.seed, techniques=techniques,
                             batch_transform=augment, on_epoch=on_epoch, eval_batch_size=ctx.eval_batch_size))

@@ -38,10 +38,13 @@ class DataBundle:
     flip_ok: bool = True              # False where a mirror image changes the label (digits)
     color: bool = False               # 3-channel images: color jitter applies
     splits: tuple[Split, ...] = ()    # size and origin of train, val and test (the report shows them)
+    text: Any = None                  # zoo.text.TextInfo where inputs are token ids (tokenizer, labels)
 
     @property
     def kind(self) -> str:
-        """image (C,H,W), signal (C,L) or features (F,)."""
+        """text (token ids, L), image (C,H,W), signal (C,L) or features (F,)."""
+        if self.text is not None:
+            return "text"
         return {3: "image", 2: "signal", 1: "features"}.get(len(self.input_shape), "other")
 
     @property
@@ -228,10 +231,19 @@ def build_data(spec: DataSpec, *, seed: int, source: str | None = None) -> DataB
         return options
 
     try:
+        if kind == "builtin" and spec.builtin == "reviews":  # shorthand for text: {builtin: reviews}
+            kind, spec = "text", DataSpec(text={"builtin": "reviews"})
         if kind == "builtin":
             if spec.builtin != "digits":
-                raise ConfigError(source, "data.builtin", f"unknown data set '{spec.builtin}' (choose from: digits)")
+                raise ConfigError(source, "data.builtin",
+                                  f"unknown data set '{spec.builtin}' (choose from: digits, reviews)")
             return digits(seed=seed)
+        if kind == "text":
+            from autocompress.zoo.text import text_data
+
+            t = text_data(spec.text, seed=seed, base_dir=base_dir)
+            return DataBundle(t.name, t.train, t.val, t.test, len(t.info.label_names), (t.info.seq_len,),
+                              flip_ok=False, color=False, splits=t.splits, text=t.info)
         if kind in ("cifar10", "cifar100"):
             opts = rooted(getattr(spec, kind), kind)
             return cifar(classes=10 if kind == "cifar10" else 100, seed=seed, **opts)

@@ -166,12 +166,17 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
 
 
 def build_model(spec: ModelSpec, *, num_classes: int, input_shape: tuple[int, ...],
-                source: str | None = None) -> nn.Module:
-    """The user's model from the study's ``model`` section (checkpoint loaded if given)."""
+                source: str | None = None, text: Any = None) -> nn.Module:
+    """The user's model from the study's ``model`` section (checkpoint loaded if given). ``text``:
+    the data's ``zoo.text.TextInfo`` (or its recorded layout) where inputs are token ids."""
     base_dir = Path(source).parent if source else Path.cwd()
     in_channels = input_shape[0] if len(input_shape) > 1 else 1
     try:
-        if spec.builtin:
+        if spec.transformers is not None:
+            from autocompress.zoo.transformers import transformers_model
+
+            model = transformers_model(spec.transformers, num_classes=num_classes, text=text, base_dir=base_dir)
+        elif spec.builtin:
             if spec.builtin not in _REGISTRY:
                 raise ConfigError(source, "model.builtin",
                                   f"unknown model '{spec.builtin}' (choose from: {', '.join(list_models())})")
@@ -191,8 +196,7 @@ def build_model(spec: ModelSpec, *, num_classes: int, input_shape: tuple[int, ..
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:
-        field = "model." + next(k for k in ("builtin", "torchvision", "factory") if getattr(spec, k))
-        raise ConfigError(source, field, str(exc)) from None
+        raise ConfigError(source, f"model.{spec.kind}", str(exc)) from None
     if spec.checkpoint:
         ckpt = Path(spec.checkpoint).expanduser()
         try:

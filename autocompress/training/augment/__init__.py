@@ -13,16 +13,22 @@ while our data sets are normalized, so they run on a [0, 1] view of the batch ma
 per-channel range of the training data and mapped back afterwards.
 
 A choice that does not fit the data raises ``TrialFailed`` with the reason (``color`` on
-grayscale images, an image policy on a 1D signal, ...). Inside ``combined``, the parts that
-do not fit are left out and listed in ``BatchTransform.skipped`` (as is the flip of
-``crop_flip`` on data whose source declares ``flip_ok=False``, such as digits).
+grayscale images, an image policy on a 1D signal, mixup on token ids, ...). Inside
+``combined``, the parts that do not fit are left out and listed in ``BatchTransform.skipped``
+(as is the flip of ``crop_flip`` on data whose source declares ``flip_ok=False``, such as digits).
+
+Text (token ids (N, L), ``data.text`` set) takes only the text policies: token deletion,
+swap, insertion, masking and synonym replacement, each changing about ``text_rate`` of the
+content tokens; ids cannot be mixed, so ``mixup`` and ``cutmix`` are refused on text.
 
 The package: ``base`` (``Random``, ``Step``), ``image`` (geometric steps, ``PerSampleV2``,
-``channel_range``), ``signal`` (noise, time shift and scale) and ``mix`` (MixUp, CutMix);
-this module composes them into a ``BatchTransform``.
+``channel_range``), ``signal`` (noise, time shift and scale), ``text`` (token-level steps,
+synonym tables) and ``mix`` (MixUp, CutMix); this module composes them into a ``BatchTransform``.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -54,13 +60,14 @@ from autocompress.training.augment.signal import (
     time_scale,
     time_shift,
 )
+from autocompress.training.augment.text import TEXT_POLICIES, TextStep, TokenIds, load_synonyms
 from autocompress.zoo.data import DataBundle
 
 __all__ = [
     "AFFINE_DEGREES", "AFFINE_SCALE", "CROP_PAD_FRACTION", "IMAGE_POLICIES", "NOISE_MAX_STD", "RANGE_SAMPLES",
-    "SHIFT_MAX_FRACTION", "SIGNAL_POLICIES", "TIME_SCALE", "BatchTransform", "Mix", "PerSampleV2", "Random",
-    "Step", "add_noise", "build_batch_transform", "channel_range", "describe_policy", "misfit", "random_affine", "random_crop",
-    "random_hflip", "time_scale", "time_shift",
+    "SHIFT_MAX_FRACTION", "SIGNAL_POLICIES", "TEXT_POLICIES", "TIME_SCALE", "BatchTransform", "Mix",
+    "PerSampleV2", "Random", "Step", "add_noise", "build_batch_transform", "channel_range", "describe_policy",
+    "misfit", "random_affine", "random_crop", "random_hflip", "time_scale", "time_shift",
 ]
 
 
@@ -91,8 +98,11 @@ class BatchTransform:
         return x, y
 
 
-def build_batch_transform(aug: AugmentationPolicy, data: DataBundle, seed: int) -> BatchTransform | None:
+def build_batch_transform(aug: AugmentationPolicy, data: DataBundle, seed: int, *,
+                          base_dir: Path | None = None) -> BatchTransform | None:
     """The training-batch transform for ``aug`` on ``data``; None when there is nothing to do.
+    ``base_dir``: where a relative ``aug.synonyms`` path starts (the study file's folder; by
+    default the working directory).
 
     Raises ``TrialFailed`` when a choice does not fit the data (e.g. ``color`` on grayscale).
 
@@ -103,31 +113,57 @@ def build_batch_transform(aug: AugmentationPolicy, data: DataBundle, seed: int) 
     """
     if aug.policy == "none" and aug.mix == "none":
         return None
-    kind = data.kind
+    _check_fit(aug, data)
     skipped: dict[str, str] = {}
     steps: list[tuple[str, Step]] = []
     if aug.policy in IMAGE_POLICIES:
-        if kind != "image":
-            raise TrialFailed(f"augmentation '{aug.policy}' is for images; data '{data.name}' is {_kind_phrase(data)}"
-                              + (f" (use one of: {', '.join(SIGNAL_POLICIES)})" if kind == "signal" else ""))
         steps = image_steps(aug.policy, data, skipped)
     elif aug.policy in SIGNAL_POLICIES:
-        if kind != "signal":
-            raise TrialFailed(f"augmentation '{aug.policy}' is for 1D signals (C, L); data '{data.name}' is "
-                              f"{_kind_phrase(data)}")
         steps = [(aug.policy, SIGNAL_STEPS[aug.policy])]
-    elif aug.policy != "none":
-        raise ValueError(f"unknown augmentation policy {aug.policy!r}")
+    elif aug.policy in TEXT_POLICIES:
+        steps = [(aug.policy, _text_step(aug, data, skipped, base_dir))]
     mix = None
     if aug.mix != "none":
-        if aug.mix == "cutmix" and kind not in ("image", "signal"):
-            raise TrialFailed(f"cutmix cuts a spatial or time window; data '{data.name}' is {_kind_phrase(data)}")
-        if aug.mix_alpha <= 0:
-            raise TrialFailed(f"{aug.mix} needs mix_alpha > 0 (got {aug.mix_alpha})")
         mix = Mix(aug.mix, alpha=aug.mix_alpha, prob=aug.mix_prob, num_classes=data.num_classes)
     if not steps and mix is None:
         return None
     return BatchTransform(steps, mix=mix, seed=seed, skipped=skipped)
+
+
+def _check_fit(aug: AugmentationPolicy, data: DataBundle) -> None:
+    """``TrialFailed`` naming why ``aug`` cannot apply to data of this kind."""
+    kind, phrase = data.kind, _kind_phrase(data)
+    if aug.policy in IMAGE_POLICIES and kind != "image":
+        hint = {"signal": SIGNAL_POLICIES, "text": TEXT_POLICIES}.get(kind)
+        raise TrialFailed(f"augmentation '{aug.policy}' is for images; data '{data.name}' is {phrase}"
+                          + (f" (use one of: {', '.join(hint)})" if hint else ""))
+    if aug.policy in SIGNAL_POLICIES and kind != "signal":
+        raise TrialFailed(f"augmentation '{aug.policy}' is for 1D signals (C, L); data '{data.name}' is {phrase}")
+    if aug.policy in TEXT_POLICIES and kind != "text":
+        raise TrialFailed(f"augmentation '{aug.policy}' is for text; data '{data.name}' is {phrase}")
+    if aug.policy not in ("none", *IMAGE_POLICIES, *SIGNAL_POLICIES, *TEXT_POLICIES):
+        raise ValueError(f"unknown augmentation policy {aug.policy!r}")
+    if aug.mix == "cutmix" and kind not in ("image", "signal"):
+        raise TrialFailed(f"cutmix cuts a spatial or time window; data '{data.name}' is {phrase}")
+    if aug.mix == "mixup" and kind == "text":
+        raise TrialFailed(f"mixup blends inputs; data '{data.name}' is {phrase} of token ids, which cannot be mixed")
+    if aug.mix != "none" and aug.mix_alpha <= 0:
+        raise TrialFailed(f"{aug.mix} needs mix_alpha > 0 (got {aug.mix_alpha})")
+
+
+def _text_step(aug: AugmentationPolicy, data: DataBundle, skipped: dict[str, str],
+               base_dir: Path | None) -> TextStep:
+    """The text step of ``aug``; a synonym table's skipped entries are noted in ``skipped``."""
+    table = None
+    if aug.policy == "synonym":
+        if not aug.synonyms:
+            raise TrialFailed("augmentation 'synonym' needs augmentation.synonyms: the path of a YAML or TSV "
+                              "table word -> synonyms")
+        path = Path(aug.synonyms).expanduser()
+        table = load_synonyms(path if path.is_absolute() else (base_dir or Path.cwd()) / path, data.text.tokenizer)
+        if (note := table.note()) is not None:
+            skipped["synonym entries"] = note
+    return TextStep(aug.policy, TokenIds.of(data.text), aug.text_rate, table)
 
 
 def describe_policy(aug: AugmentationPolicy) -> str | None:
@@ -135,19 +171,25 @@ def describe_policy(aug: AugmentationPolicy) -> str | None:
     if aug.policy == "none" and aug.mix == "none":
         return None
     mix = f", {aug.mix}" if aug.mix != "none" else ""
-    return f"augmentation: {aug.policy}{mix}"
+    rate = f" ({aug.text_rate:.0%} of tokens)" if aug.policy in TEXT_POLICIES else ""
+    return f"augmentation: {aug.policy}{rate}{mix}"
 
 
 def misfit(knob: str, value: str, data: DataBundle) -> str | None:
     """Why ``augmentation.<knob>: value`` cannot apply to ``data`` (the reason a trial picking
     it would fail with), or None when it fits. Checked once when a study starts."""
+    aug = AugmentationPolicy(**{knob: value})
     try:
-        build_batch_transform(AugmentationPolicy(**{knob: value}), data, seed=0)
+        if aug.policy == "synonym":  # the table is the space's (or the trial's), not known here
+            _check_fit(aug, data)
+        else:
+            build_batch_transform(aug, data, seed=0)
     except TrialFailed as exc:
         return exc.reason
     return None
 
 
 def _kind_phrase(data: DataBundle) -> str:
-    return {"image": "an image set", "signal": "a 1D signal set", "features": "a feature-vector set"}.get(
+    return {"image": "an image set", "signal": "a 1D signal set", "features": "a feature-vector set",
+            "text": "a text set"}.get(
         data.kind, f"shaped {data.input_shape}")
