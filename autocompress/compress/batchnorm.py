@@ -30,7 +30,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from autocompress.compress import pruning
+from autocompress.compress import depth, pruning
 from autocompress.compress.base import Declaration, Technique
 from autocompress.metrics.accuracy import evaluate
 from autocompress.spec.policy import Policy
@@ -131,10 +131,10 @@ def batch_statistics_accuracy(model: nn.Module, loader: Iterable[tuple[Tensor, T
 
 # -- the technique ------------------------------------------------------------------------------
 def _after_structure(policy: Policy) -> bool:
-    """Whether a technique of ``policy`` declares that it changes the structure (pruning is the
-    stage that can)."""
-    cls = pruning.select(policy)
-    return cls is not None and cls.declare(policy).structural
+    """Whether a technique of ``policy`` declares that it changes the structure (the depth and
+    pruning stages can)."""
+    return any(cls is not None and cls.declare(policy).structural
+               for cls in (depth.select(policy), pruning.select(policy)))
 
 
 def select(policy: Policy) -> type[Technique] | None:

@@ -3,11 +3,14 @@
 The loss of every training step becomes::
 
     (1 - alpha) * task + alpha * T^2 * KL(teacher_T || student_T) + feature_weight * feature
+        + hidden_weight * hidden
 
 ``feature`` is the mean squared error between student and teacher feature maps taken by
 forward hooks (FitNets-style), with a learned 1x1 projection where pruning changed the
 student's width. The default feature layer is the last feature map before global pooling
-(or the input of the classifier when there is no pooling module).
+(or the input of the classifier when there is no pooling module). ``hidden`` is the MSE of
+the hidden states of each student transformer layer and its mapped teacher layer
+(``compress/hidden.py``). The teacher runs once per step for all of them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import Tensor, nn
 
 from autocompress.errors import TrialFailed
 from autocompress.compress.base import Declaration, Technique
+from autocompress.compress.hidden import HiddenStates
 from autocompress.spec.policy import DistillationPolicy, Policy
 from autocompress.utils import device_of
 
@@ -95,7 +99,7 @@ def feature_weight(d: DistillationPolicy) -> float:
 
 def select(policy: Policy) -> type[Technique] | None:
     d = policy.distillation
-    return Distillation if soft_weight(d) > 0 or feature_weight(d) > 0 else None
+    return Distillation if soft_weight(d) > 0 or feature_weight(d) > 0 or d.hidden_weight > 0 else None
 
 
 class Distillation(Technique):
@@ -106,8 +110,11 @@ class Distillation(Technique):
         d = policy.distillation
         parts = [f"KD a={d.alpha:.2f} T={d.temperature:.1f}"] if soft_weight(d) > 0 else []
         parts += [f"feat-KD w={d.feature_weight:.2f}"] if feature_weight(d) > 0 else []
+        parts += [f"hidden-KD w={d.hidden_weight:.2f}"] if d.hidden_weight > 0 else []
         line = (f"distillation from the baseline: alpha {soft_weight(d):g}, temperature {d.temperature:g}"
-                + (f", feature loss weight {feature_weight(d):g}" if feature_weight(d) > 0 else ""))
+                + (f", feature loss weight {feature_weight(d):g}" if feature_weight(d) > 0 else "")
+                + (f", hidden-state loss weight {d.hidden_weight:g} per mapped transformer layer"
+                   if d.hidden_weight > 0 else ""))
         return Declaration(label="distillation", summary=" + ".join(parts), card_line=line)
 
     def __init__(self, policy, ctx, pipeline) -> None:
@@ -116,12 +123,14 @@ class Distillation(Technique):
         self.teacher: nn.Module | None = None
         self.taps: list[FeatureTap] = []
         self.projections = nn.ModuleDict()
+        self.hidden: HiddenStates | None = None
         self._hooks: list[Any] = []
         self._student_feats: dict[int, Tensor] = {}
         self._teacher_feats: dict[int, Tensor] = {}
         self._sums: dict[str, Tensor] = {}
         self._steps = 0
         self._last_epoch: dict[str, float] = {}
+        self._epoch_means: list[dict[str, float]] = []
 
     # -- set-up / tear-down ------------------------------------------------------------------
     def before_finetune(self, model: nn.Module) -> nn.Module:
@@ -129,19 +138,27 @@ class Distillation(Technique):
         self.teacher = copy.deepcopy(self.ctx.teacher).to(self.ctx.device).eval().requires_grad_(False)
         if feature_weight(self.d) > 0:
             self._set_up_features(model)
+        if self.d.hidden_weight > 0:
+            text = getattr(self.ctx.data, "text", None)
+            pad_id = text.get("pad_id") if isinstance(text, dict) else getattr(text, "pad_id", None)
+            self.hidden = HiddenStates(model, self.teacher, pad_id)
+            self.hidden.set_up(model, self.teacher, self.ctx.example_batch())
         return model
 
     def after_finetune(self, model: nn.Module) -> nn.Module:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+        if self.hidden is not None:
+            self.hidden.remove()   # its layer map stays for the proof
         self._student_feats.clear()
         self._teacher_feats.clear()
         self.teacher = None
         return model
 
     def trainable_modules(self) -> list[nn.Module]:
-        return [self.projections] if len(self.projections) else []
+        extra = [self.hidden.projections] if self.hidden is not None and len(self.hidden.projections) else []
+        return ([self.projections] if len(self.projections) else []) + extra
 
     def _set_up_features(self, student: nn.Module) -> None:
         assert self.teacher is not None
@@ -190,6 +207,10 @@ class Distillation(Technique):
             feat = self._feature_loss()
             total = total + feature_weight(self.d) * feat
             parts["feature_loss"] = feat.detach()
+        if self.hidden is not None:
+            hidden = self.hidden.loss(inputs)
+            total = total + self.d.hidden_weight * hidden
+            parts["hidden_loss"] = hidden.detach()
         parts["total_loss"] = total.detach()
         for key, value in parts.items():
             self._sums[key] = self._sums.get(key, 0) + value.float()
@@ -217,6 +238,7 @@ class Distillation(Technique):
     def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
         if self._steps:
             self._last_epoch = {k: round(float(v) / self._steps, 6) for k, v in self._sums.items()}
+            self._epoch_means.append(dict(self._last_epoch))
         self._sums, self._steps = {}, 0
 
     # -- record ------------------------------------------------------------------------------
@@ -231,6 +253,9 @@ class Distillation(Technique):
             "feature_layers": [str(t) for t in self.taps],
             "projections": projections,
             "last_epoch_mean": dict(self._last_epoch),  # measured: task vs distillation losses
+            "epoch_means": [dict(e) for e in self._epoch_means],   # the same, every epoch in order
+            "hidden_weight": self.d.hidden_weight,
+            **(self.hidden.proof() if self.hidden is not None else {}),
         }}
 
 

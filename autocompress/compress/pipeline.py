@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from autocompress.compress import batchnorm, distillation, pruning, quantization, regularization
+from autocompress.compress import batchnorm, depth, distillation, pruning, quantization, regularization
 from autocompress.compress.base import Pipeline, Technique
 from autocompress.spec.policy import Policy
 
 # Each stage: policy -> the technique class it turns on, or None.
 STAGES: tuple[Callable[[Policy], type[Technique] | None], ...] = (
+    depth.select,         # layers dropped first: pruning then measures and cuts the shallower model
     pruning.select,
     regularization.select,
     distillation.select,

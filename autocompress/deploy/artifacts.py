@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocompress.compress.depth import fit_depth
 from autocompress.compress.quantization import CastInputs, load_into, quantized_skeleton
 from autocompress.compress.quantization.torchao_modes import Exported
 from autocompress.deploy.runtimes import Deployment
@@ -46,6 +47,9 @@ FORMAT = 1                                  # of structure.json and of a bundle'
 # Constructor arguments that pruning changes; every layer that has one is recorded.
 WIDTH_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
                "num_groups", "num_channels", "normalized_shape", "num_embeddings", "embedding_dim")
+# counts that modules without weights of their own hold (attention heads after head pruning):
+# recorded, and set back as they are on rebuild
+COUNT_ATTRS = ("num_attention_heads", "all_head_size", "n_heads")
 
 
 # -- structure ---------------------------------------------------------------------------------
@@ -65,7 +69,7 @@ def model_structure(model: nn.Module, *, model_spec: dict[str, Any], source: str
     layers: dict[str, dict[str, Any]] = {}
     for name, m in _float_core(model).named_modules():
         widths = {}
-        for a in WIDTH_ATTRS:
+        for a in WIDTH_ATTRS + COUNT_ATTRS:
             v = getattr(m, a, None)
             if isinstance(v, bool) or not isinstance(v, (int, tuple, list)):
                 continue
@@ -153,13 +157,16 @@ def rebuild(structure: dict[str, Any]) -> nn.Module:
     input_shape = tuple(structure["input_shape"])
     model = build_model(spec, num_classes=structure["num_classes"], input_shape=input_shape,
                         source=structure.get("source"), text=structure.get("text"))
-    changed = False
+    changed = fit_depth(model, structure["layers"]) is not None   # a shallower student: drop the layers it lacks
     for name, rec in structure["layers"].items():
         try:
             layer = model.get_submodule(name)
         except AttributeError:
             raise AutocompressError(f"the exported model has a layer '{name}' ({rec.get('type')}) that "
                                     f"{spec.reference} does not have: cannot rebuild it") from None
+        for a in COUNT_ATTRS:
+            if a in rec and isinstance(getattr(layer, a, None), int):
+                setattr(layer, a, rec[a])
         fresh = _resized(layer, rec)
         if fresh is not None:
             model.set_submodule(name, fresh)

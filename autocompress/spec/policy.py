@@ -39,8 +39,18 @@ class PruningPolicy:
     ratio_late: float = _knob(-1.0, "ratio for the second half of the prunable layers "
                                     "(-1 = use ratio)", low=-1.0, high=0.95)
     schedule: str = _choice("agp", "agp", "linear", doc="gradual: how sparsity rises over epochs")
+    head_ratio: float = _knob(0.0, "structured/gradual on transformers: fraction of each attention layer's heads "
+                                   "removed (0 = heads kept; `ratio` prunes the FFN neurons)", low=0.0, high=0.95)
     protect: tuple[str, ...] = _knob((), "module names never pruned (first conv and classifier "
                                          "are protected automatically)")
+
+
+@dataclass(frozen=True)
+class DepthPolicy:
+    layers: int = _knob(0, "transformer layers kept (0 = all)", low=0)
+    selection: str = _choice("every_other", "every_other", "first", "last", "importance",
+                             doc="which layers stay: evenly spaced (DistilBERT), the first, the last, or "
+                                 "those whose removal alone changes the logits most")
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class DistillationPolicy:
     feature_weight: float = _knob(0.0, "weight of the feature-map loss (0 = off)", low=0.0)
     feature_layers: tuple[str, ...] = _knob((), "module names whose outputs are matched "
                                                 "(empty = the last feature block)")
+    hidden_weight: float = _knob(0.0, "weight of the hidden-state loss per mapped transformer layer "
+                                      "(0 = off)", low=0.0)
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,7 @@ class RuntimePolicy:
 
 @dataclass(frozen=True)
 class Policy:
+    depth: DepthPolicy = field(default_factory=DepthPolicy)
     pruning: PruningPolicy = field(default_factory=PruningPolicy)
     quantization: QuantizationPolicy = field(default_factory=QuantizationPolicy)
     distillation: DistillationPolicy = field(default_factory=DistillationPolicy)

@@ -80,7 +80,15 @@ def _quiet() -> Iterator[None]:
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         hf_logging.set_verbosity_error()
-    yield
+    # building a model imports torchao where it is installed, whose enum registrations torch's
+    # pytree logs as warnings (two lines at every study start)
+    pytree = logging.getLogger("torch.utils._pytree")
+    level = pytree.level
+    pytree.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pytree.setLevel(level)
 
 
 def _transformers():

@@ -33,6 +33,7 @@ from torch import nn
 
 from autocompress.compress.base import TechniqueContext
 from autocompress.compress.pruning.graph import ROOTS, CannotTrace, Scope
+from autocompress.compress.pruning.heads import attention_modules, sync_head_counts, whole_heads
 from autocompress.compress.pruning.plan import Masks, layer_ratios, protected_layers
 from autocompress.errors import TrialFailed
 from autocompress.spec.policy import PruningPolicy
@@ -53,6 +54,7 @@ class GroupCut:
     remove: tuple[int, ...]
     ratio: float
     block: str = ""
+    heads: tuple[int, int] | None = None   # attention heads before and after, where the group is one
 
 
 @dataclass
@@ -94,6 +96,7 @@ def plan_groups(model: nn.Module, scope: Scope, p: PruningPolicy, ctx: Technique
     if p.criterion == "taylor":
         _taylor_gradients(model, ctx)
     cuts = Cuts(protected=tuple(n for n, _ in model.named_modules() if n in protected))
+    heads = {proj: a for a in attention_modules(model) for proj in a.projections}
     for block, graph in scope.graphs(model).items():
         for group in graph.get_all_groups(ignored_layers=[], root_module_types=ROOTS):
             root = names.get(group[0].dep.target.module, "?")
@@ -105,6 +108,9 @@ def plan_groups(model: nn.Module, scope: Scope, p: PruningPolicy, ctx: Technique
                     cuts.left_whole[root] = f"its channels are tied to the protected layer {tied[0]}"
                 continue
             width, ratio = len(group[0].idxs), ratios.get(root, p.ratio) * fraction
+            attention = next((heads[n] for n in resized if n in heads), None)
+            if attention is not None:   # whole heads at head_ratio, or nothing
+                ratio = p.head_ratio * fraction
             n_cut = min(width - 1, int(width * ratio))
             if n_cut <= 0:
                 continue
@@ -116,6 +122,10 @@ def plan_groups(model: nn.Module, scope: Scope, p: PruningPolicy, ctx: Technique
                 scores, why = None, f"Torch-Pruning cannot score its channels ({error_line(exc)})"
             if scores is None:
                 cuts.left_whole[root] = why
+                continue
+            if attention is not None:
+                if (whole := whole_heads(width, scores, ratio, attention.head_size)) is not None:
+                    cuts.groups.append(GroupCut(root, resized, width, *whole[:1], ratio, block, heads=whole[1]))
                 continue
             remove = tuple(sorted(int(i) for i in torch.argsort(scores.float().cpu())[:n_cut]))
             cut = GroupCut(root, resized, width, remove, ratio, block)
@@ -211,6 +221,7 @@ def _cut(model: nn.Module, scope: Scope, cuts: list[GroupCut]) -> nn.Module:
         if not graph.check_pruning_group(group):
             raise TrialFailed(f"Torch-Pruning refuses to cut the group of {cut.root}")
         group.prune()
+    sync_head_counts(model, attention_modules(model))   # the head counts stay true
     return model
 
 

@@ -88,7 +88,8 @@ class StructuredPruning(PruningBase):
         self.facts.update(engine="torch-pruning", criterion=self.p.criterion, protected=list(done.protected),
                           layer_ratios={c.root: round(c.ratio, 4) for c in done.groups},
                           groups={c.root: {"layers": list(c.layers), "channels": [c.width, c.width - len(c.remove)]}
-                                  for c in done.groups},
+                                  | ({"heads": list(c.heads)} if c.heads else {}) for c in done.groups},
+                          heads_kept={c.root.rsplit(".", 1)[0]: list(c.heads) for c in done.groups if c.heads},
                           left_whole=dict(done.left_whole), shrink_verified=True)
         if scope is not None and scope.blocks:
             self.facts.update(blocks=scope.blocks, blocks_untraced=dict(untraced or {}))

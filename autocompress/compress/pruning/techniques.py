@@ -60,10 +60,13 @@ class PruningBase(Technique):
     def declare(cls, policy: Policy) -> Declaration:
         p = policy.pruning
         what = f"weight {p.scope}" if p.method == "weight" else f"{p.method} {p.criterion}"
+        heads = p.head_ratio > 0 and p.method != "weight"
         line = (f"pruning: {p.method}, criterion {p.criterion}, ratio {p.ratio:g}"
+                + (f", heads {p.head_ratio:g}" if heads else "")
                 + (f", schedule {p.schedule}" if p.method == "gradual" else "")
                 + (f", scope {p.scope}" if p.method == "weight" else ""))
-        return Declaration(label=f"{p.method} pruning", summary=f"{what} {p.ratio:.0%}", structural=True,
+        summary = f"{what} {p.ratio:.0%}" + (f" heads {p.head_ratio:.0%}" if heads else "")
+        return Declaration(label=f"{p.method} pruning", summary=summary, structural=True,
                            structure_final_after_compress=cls.structure_final_after_compress,
                            card_line=line)
 
