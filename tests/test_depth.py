@@ -177,6 +177,31 @@ def test_a_one_trial_text_study_with_two_of_four_layers(write_study, tmp_path):
     assert depth["layers_after"] == 2 and depth["kept"] == [1, 3] and depth["params_after"] < depth["params_before"]
 
 
+@pytest.mark.parametrize(("layers", "model", "words"), [
+    (4, {"transformers": {"config": BERT}}, "depth.layers 4 keeps every layer: the model has 4 (model.bert.encoder.layer)"),
+    (2, {"builtin": "digits_cnn", "kwargs": {"width": 8}}, "the model has no stack of transformer layers"),
+])
+def test_a_depth_no_choice_of_which_fits_is_refused_at_load(write_study, tmp_path, layers, model, words):
+    data = {"text": {"builtin": "reviews", "seq_len": 16, "vocab_size": 300}} if "transformers" in model else \
+        {"builtin": "digits"}
+    study = write_study(model=model, data=data, search_space={"depth": {"layers": layers}})
+    result = CliRunner().invoke(app, ["search", str(study), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert "search_space.depth.layers" in line and words in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_depth_choice_that_does_not_fit_is_a_warning(write_study, tmp_path):
+    study = write_study(model={"transformers": {"config": BERT}},
+                        data={"text": {"builtin": "reviews", "seq_len": 16, "vocab_size": 300}},
+                        search_space={"depth": {"layers": {"choices": [2, 6]}}}, constraints=[],
+                        budget={"trials": 1, "epochs": 1, "train_fraction": 0.1}, baseline={"epochs": 0})
+    result = CliRunner().invoke(app, ["search", str(study), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0 and "warning: search_space.depth.layers: 6 does not fit the model (depth.layers 6 keeps every layer" \
+        in result.output, result.output
+
+
 def test_a_model_built_at_the_teachers_depth_takes_the_students_state_dict():
     teacher = tiny_bert()
     student = copy.deepcopy(teacher)

@@ -138,6 +138,20 @@ def chosen(selection: str, total: int, k: int, effects: list[float] | None = Non
 
 
 # -- the technique -------------------------------------------------------------------------------
+def misfit(model: nn.Module, k: int) -> str | None:
+    """Why ``depth.layers: k`` cannot apply to ``model`` (None: it can; 0 always can)."""
+    if k <= 0:
+        return None
+    found = layer_stack(model)
+    if found is None:
+        return (f"depth.layers {k}: the model has no stack of transformer layers (an nn.ModuleList or "
+                "nn.Sequential of blocks of one class with Linear layers)")
+    container, stack = found
+    if k >= len(stack):
+        return f"depth.layers {k} keeps every layer: the model has {len(stack)} ({container})"
+    return None
+
+
 def select(policy: Policy) -> type[Technique] | None:
     """Layer dropping where ``depth.layers`` keeps fewer than all layers (0 = all)."""
     return LayerDropping if policy.depth.layers > 0 else None
@@ -160,14 +174,11 @@ class LayerDropping(Technique):
         self.facts: dict[str, Any] = {}
 
     def compress(self, model: nn.Module) -> nn.Module:
-        found = layer_stack(model)
-        if found is None:
-            raise TrialFailed(f"depth.layers {self.d.layers}: the model has no stack of transformer layers (an "
-                              "nn.ModuleList or nn.Sequential of blocks of one class with Linear layers)")
-        container, stack = found
+        reason = misfit(model, self.d.layers)
+        if reason is not None:
+            raise TrialFailed(reason)
+        container, stack = layer_stack(model)
         total, k = len(stack), self.d.layers
-        if k >= total:
-            raise TrialFailed(f"depth.layers {k} keeps every layer: the model has {total} ({container})")
         effects = None
         if self.d.selection == "importance":
             effects = removal_effects(model, container, self.ctx.example_batch(8).to(device_of(model)))

@@ -11,6 +11,7 @@ import optuna
 import torch
 from torch import nn
 
+from autocompress.compress.depth import misfit as depth_misfit
 from autocompress.compress.quantization import number_format
 from autocompress.compress.quantization.torchao_modes import why_missing
 from autocompress.devices import why_absent
@@ -72,6 +73,27 @@ def check_forward(model: nn.Module, data: DataBundle, spec: StudySpec) -> None:
         except Exception as exc:
             raise ConfigError(spec.source, "target.seq_len", f"the model does not run on {length} tokens: "
                                                              f"{error_line(exc, 200)}") from None
+
+
+def check_depth(spec: StudySpec, space: SearchSpace, teacher: nn.Module, log: Callable[[str], None]) -> None:
+    """``depth.layers`` choices the teacher cannot take (as many layers as it has, or no layer
+    stack): an error when no choice fits, else one warning per misfit."""
+    knob = next((k for k in space.knobs if k.name == "depth.layers"), None)
+    if knob is None:
+        return
+    dist = knob.distribution
+    if dist is None:
+        values = [knob.value]
+    elif isinstance(dist, optuna.distributions.CategoricalDistribution):
+        values = list(dist.choices)
+    else:   # an integer range
+        values = list(range(int(dist.low), int(dist.high) + 1, int(getattr(dist, "step", 1) or 1)))
+    bad = {v: reason for v in values if (reason := depth_misfit(teacher, int(v)))}
+    field = "search_space.depth.layers"
+    if bad and len(bad) == len(values):
+        raise ConfigError(spec.source, field, next(iter(bad.values())))
+    for value, reason in bad.items():
+        log(f"warning: {field}: {value} does not fit the model ({reason}); trials that pick it will fail")
 
 
 def check_augmentation(spec: StudySpec, space: SearchSpace, data: DataBundle, log: Callable[[str], None]) -> None:

@@ -22,7 +22,8 @@ from optuna.trial import FrozenTrial
 from autocompress.errors import AutocompressError
 from autocompress.search import record
 from autocompress.search.budget import BudgetSpent, budget_lock, budgeted_ask, running, wait_for_running
-from autocompress.search.checks import check_augmentation, check_devices, check_existing, check_formats
+from autocompress.search.checks import (check_augmentation, check_depth, check_devices, check_existing,
+                                       check_formats)
 from autocompress.search.context import build_inputs, trial_context, with_baseline
 from autocompress.search.memory import load_failures, load_previews
 from autocompress.search.objective import StudyRun, constraint_values, make_objective
@@ -65,6 +66,7 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
     space = spec.load_space()
     data, teacher = build_inputs(spec)
     check_augmentation(spec, space, data, log)
+    check_depth(spec, space, teacher, log)
     check_formats(spec, space, log)
     if all(k.distribution is None for k in space.knobs):
         log("warning: the search space fixes every knob: each trial runs the same policy (with its own seed)")
