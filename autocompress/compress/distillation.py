@@ -3,14 +3,15 @@
 The loss of every training step becomes::
 
     (1 - alpha) * task + alpha * T^2 * KL(teacher_T || student_T) + feature_weight * feature
-        + hidden_weight * hidden
+        + hidden_weight * hidden + attention_weight * attention
 
 ``feature`` is the mean squared error between student and teacher feature maps taken by
 forward hooks (FitNets-style), with a learned 1x1 projection where pruning changed the
 student's width. The default feature layer is the last feature map before global pooling
 (or the input of the classifier when there is no pooling module). ``hidden`` is the MSE of
 the hidden states of each student transformer layer and its mapped teacher layer
-(``compress/hidden.py``). The teacher runs once per step for all of them.
+(``compress/hidden.py``); ``attention`` the KL of their head-averaged attention maps
+(``compress/attention_kd.py``). The teacher runs once per step for all of them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from autocompress.errors import TrialFailed
 from autocompress.compress.base import Declaration, Technique
+from autocompress.compress.attention_kd import AttentionMaps
 from autocompress.compress.hidden import HiddenStates
 from autocompress.spec.policy import DistillationPolicy, Policy
 from autocompress.utils import device_of
@@ -99,7 +101,8 @@ def feature_weight(d: DistillationPolicy) -> float:
 
 def select(policy: Policy) -> type[Technique] | None:
     d = policy.distillation
-    return Distillation if soft_weight(d) > 0 or feature_weight(d) > 0 or d.hidden_weight > 0 else None
+    on = soft_weight(d) > 0 or feature_weight(d) > 0 or d.hidden_weight > 0 or d.attention_weight > 0
+    return Distillation if on else None
 
 
 class Distillation(Technique):
@@ -111,6 +114,7 @@ class Distillation(Technique):
         parts = [f"KD a={d.alpha:.2f} T={d.temperature:.1f}"] if soft_weight(d) > 0 else []
         parts += [f"feat-KD w={d.feature_weight:.2f}"] if feature_weight(d) > 0 else []
         parts += [f"hidden-KD w={d.hidden_weight:.2f}"] if d.hidden_weight > 0 else []
+        parts += [f"attn-KD w={d.attention_weight:.2f}"] if d.attention_weight > 0 else []
         line = (f"distillation from the baseline: alpha {soft_weight(d):g}, temperature {d.temperature:g}"
                 + (f", feature loss weight {feature_weight(d):g}" if feature_weight(d) > 0 else "")
                 + (f", hidden-state loss weight {d.hidden_weight:g} per mapped transformer layer"
@@ -124,6 +128,7 @@ class Distillation(Technique):
         self.taps: list[FeatureTap] = []
         self.projections = nn.ModuleDict()
         self.hidden: HiddenStates | None = None
+        self.attention: AttentionMaps | None = None
         self._hooks: list[Any] = []
         self._student_feats: dict[int, Tensor] = {}
         self._teacher_feats: dict[int, Tensor] = {}
@@ -139,10 +144,10 @@ class Distillation(Technique):
         if feature_weight(self.d) > 0:
             self._set_up_features(model)
         if self.d.hidden_weight > 0:
-            text = getattr(self.ctx.data, "text", None)
-            pad_id = text.get("pad_id") if isinstance(text, dict) else getattr(text, "pad_id", None)
-            self.hidden = HiddenStates(model, self.teacher, pad_id)
+            self.hidden = HiddenStates(model, self.teacher, _pad_id(self.ctx))
             self.hidden.set_up(model, self.teacher, self.ctx.example_batch())
+        if self.d.attention_weight > 0:
+            self.attention = AttentionMaps(model, self.teacher, _pad_id(self.ctx))
         return model
 
     def after_finetune(self, model: nn.Module) -> nn.Module:
@@ -151,6 +156,8 @@ class Distillation(Technique):
         self._hooks.clear()
         if self.hidden is not None:
             self.hidden.remove()   # its layer map stays for the proof
+        if self.attention is not None:
+            self.attention.remove()   # and the student's own attention implementation is back
         self._student_feats.clear()
         self._teacher_feats.clear()
         self.teacher = None
@@ -211,6 +218,10 @@ class Distillation(Technique):
             hidden = self.hidden.loss(inputs)
             total = total + self.d.hidden_weight * hidden
             parts["hidden_loss"] = hidden.detach()
+        if self.attention is not None:
+            attention = self.attention.loss(inputs)
+            total = total + self.d.attention_weight * attention
+            parts["attention_loss"] = attention.detach()
         parts["total_loss"] = total.detach()
         for key, value in parts.items():
             self._sums[key] = self._sums.get(key, 0) + value.float()
@@ -256,6 +267,7 @@ class Distillation(Technique):
             "epoch_means": [dict(e) for e in self._epoch_means],   # the same, every epoch in order
             "hidden_weight": self.d.hidden_weight,
             **(self.hidden.proof() if self.hidden is not None else {}),
+            **(self.attention.proof() if self.attention is not None else {}),
         }}
 
 
@@ -277,3 +289,8 @@ def _in_width(p: nn.Module) -> int:
 
 def _out_width(p: nn.Module) -> int:
     return p.out_features if isinstance(p, nn.Linear) else p.out_channels
+
+
+def _pad_id(ctx: Any) -> int | None:
+    text = getattr(ctx.data, "text", None)
+    return text.get("pad_id") if isinstance(text, dict) else getattr(text, "pad_id", None)

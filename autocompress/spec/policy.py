@@ -78,6 +78,8 @@ class DistillationPolicy:
                                                 "(empty = the last feature block)")
     hidden_weight: float = _knob(0.0, "weight of the hidden-state loss per mapped transformer layer "
                                       "(0 = off)", low=0.0)
+    attention_weight: float = _knob(0.0, "weight of the attention-map loss (KL of head-averaged attention "
+                                         "per mapped transformer layer; 0 = off)", low=0.0)
 
 
 @dataclass(frozen=True)
