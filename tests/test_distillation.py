@@ -38,12 +38,13 @@ def technique(p: Policy, ctx) -> D.Distillation:
     return tech
 
 
-def perturbed(model: nn.Module, seed: int = 1) -> nn.Module:
+def perturbed(model: nn.Module, seed: int = 1, scale: float = 0.3) -> nn.Module:
+    """A trainable copy of ``model`` with Gaussian noise of std ``scale`` added to every weight."""
     student = copy.deepcopy(model).requires_grad_(True)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in student.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
+            p.add_(scale * torch.randn(p.shape, generator=g))
     return student
 
 

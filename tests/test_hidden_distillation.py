@@ -21,6 +21,7 @@ from autocompress.training.loop import FitPlan, fine_tune
 from autocompress.trial.context import TrialContext
 from autocompress.zoo import build_model
 from autocompress.zoo.data import DataBundle
+from test_distillation import perturbed as perturbed_by, technique
 
 STACK = "model.bert.encoder.layer"
 TEXT = {"pad_id": 0, "sep_id": 3, "vocab_size": 300, "seq_len": 16}
@@ -54,18 +55,8 @@ def policy(hidden_weight: float, **knobs) -> Policy:
                   training=TrainingPolicy(batch_size=8, lr=1e-3))
 
 
-def technique(p: Policy, ctx: TrialContext) -> D.Distillation:
-    (tech,) = [t for t in pipeline(p).build(ctx) if isinstance(t, D.Distillation)]
-    return tech
-
-
 def perturbed(model: nn.Module, seed: int = 1) -> nn.Module:
-    student = copy.deepcopy(model).requires_grad_(True)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return student
+    return perturbed_by(model, seed, scale=0.1)
 
 
 def hidden_part(tech: D.Distillation, student: nn.Module, ctx: TrialContext) -> tuple[float, float, float]:

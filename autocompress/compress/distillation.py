@@ -292,5 +292,5 @@ def _out_width(p: nn.Module) -> int:
 
 
 def _pad_id(ctx: Any) -> int | None:
-    text = getattr(ctx.data, "text", None)
-    return text.get("pad_id") if isinstance(text, dict) else getattr(text, "pad_id", None)
+    """The pad id where the inputs are token ids (``zoo.text.TextInfo``), else None."""
+    return getattr(getattr(ctx.data, "text", None), "pad_id", None)

@@ -28,6 +28,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from autocompress.utils import quiet_torchao_import
+
 KEYS = ("path", "config")
 
 
@@ -80,15 +82,8 @@ def _quiet() -> Iterator[None]:
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         hf_logging.set_verbosity_error()
-    # building a model imports torchao where it is installed, whose enum registrations torch's
-    # pytree logs as warnings (two lines at every study start)
-    pytree = logging.getLogger("torch.utils._pytree")
-    level = pytree.level
-    pytree.setLevel(logging.ERROR)
-    try:
+    with quiet_torchao_import():   # building a model imports torchao where it is installed
         yield
-    finally:
-        pytree.setLevel(level)
 
 
 def _transformers():

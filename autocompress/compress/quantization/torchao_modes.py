@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import logging
 import warnings
 from typing import Any, Callable, Iterator
 
@@ -34,7 +33,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import TrialFailed
-from autocompress.utils import error_line
+from autocompress.utils import error_line, quiet_torchao_import
 
 # mode -> torchao config class name (resolved on the installed torchao by ``load``)
 CONFIGS = {
@@ -48,14 +47,9 @@ CONFIGS = {
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    level = logging.getLogger("torch.utils._pytree").level
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
+    with quiet_torchao_import(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            yield
-        finally:
-            logging.getLogger("torch.utils._pytree").setLevel(level)
+        yield
 
 
 def load() -> Any:
