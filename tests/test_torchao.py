@@ -104,7 +104,7 @@ def test_a_trial_exports_and_reloads_to_its_test_accuracy(mlp_ctx, tmp_path, qua
     q = result.proof["quantization"]
     assert q["backend"] == "torchao" and q["size_after_mb"] < q["size_before_mb"] and q["fast_under"] == ["compile"]
     spec = spec_from_dict(tiny_study(model={"builtin": "mlp", "kwargs": {"hidden": 64}}), str(tmp_path / "s.yaml"))
-    save_trial_model(result.model, policy, tmp_path / "t", spec=spec, data=mlp_ctx.data, shipped=result.deployment)
+    save_trial_model(result, tmp_path / "t", spec=spec, data=mlp_ctx.data)
     assert (tmp_path / "t" / result.deployment.file_name).read_bytes() == result.deployment.artifact
     reloaded = load_exported(tmp_path / "t")
     test = make_loader(mlp_ctx.data.test, 256, shuffle=False)

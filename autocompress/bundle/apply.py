@@ -111,7 +111,8 @@ def apply_policy(policy_file: Path, *, epochs: int | None = None, out: Path | No
     seed = spec.seed if pf.seed is None else pf.seed
     say(f"applying '{describe(pf.policy)}' to {spec.model.reference} on {spec.data.reference}: "
         f"{epochs} epoch(s), full training split, seed {seed}")
-    ctx = study_context(spec, baseline_dir=baseline_dir, epochs=epochs, train_fraction=1.0, say=say)
+    ctx = study_context(spec, baseline_dir=baseline_dir, epochs=epochs, train_fraction=1.0, say=say,
+                        policies=[pf.policy])
     try:
         result = run_trial(pf.policy, replace(ctx, seed=seed), keep_model=True)
     except TrialFailed as exc:
@@ -121,7 +122,7 @@ def apply_policy(policy_file: Path, *, epochs: int | None = None, out: Path | No
     origin = f"study '{pf.study_name}', trial {pf.trial}" if pf.study_name else str(policy_file)
     provenance = (f"autocompress apply: {result.epochs_run} epoch(s) of fine-tuning on the whole training split, "
                   f"seed {seed}, policy from {origin}; measured right after training")
-    bundle = Bundle(model=result.model, structure=structure_for(result.model, spec, ctx.data, pf.policy),
+    bundle = Bundle(model=result.model, structure=structure_for(result.model, spec, ctx.data, pf.policy, result.proof),
                     policy=pf.policy, seed=seed, epochs=epochs, train_fraction=1.0,
                     study_name=pf.study_name or spec.name, study_spec=spec_document(spec),
                     study_source=source_of(spec),

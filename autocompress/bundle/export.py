@@ -102,7 +102,7 @@ def _rerun_bundle(t: TrialRecord, spec: StudySpec, baseline_dir: Path, common: d
     """The trial's policy run again with its seed, for as many epochs as it ran (early
     stopping may have ended it before the budget)."""
     say(f"trial {t.number}'s model was not saved by the search: re-running its policy (seed {common['seed']})")
-    ctx = study_context(spec, baseline_dir=baseline_dir, epochs=common["epochs"], say=say)
+    ctx = study_context(spec, baseline_dir=baseline_dir, epochs=common["epochs"], say=say, policies=[t.policy])
     try:
         res = run_trial(t.policy, replace(ctx, seed=common["seed"]), keep_model=True)
     except TrialFailed as exc:
@@ -110,7 +110,7 @@ def _rerun_bundle(t: TrialRecord, spec: StudySpec, baseline_dir: Path, common: d
     except Exception as exc:  # as in the search, where it fails the trial
         raise AutocompressError(f"re-running trial {t.number} failed: {error_line(exc)}") from None
     recorded = t.metrics.get("accuracy")
-    return Bundle(model=res.model, structure=structure_for(res.model, spec, ctx.data, t.policy),
+    return Bundle(model=res.model, structure=structure_for(res.model, spec, ctx.data, t.policy, res.proof),
                   measured=(res.deployment.file_name, res.deployment.artifact) if res.deployment else None,
                   metrics=dict(res.metrics), measured_on=dataclasses.asdict(res.measured_on), proof=dict(res.proof),
                   history=[dataclasses.asdict(e) for e in res.history],

@@ -38,6 +38,7 @@ class TechniqueContext(Protocol):
     device: torch.device          # where fine-tuning runs
     epochs: int
     seed: int
+    sensitivity: Any              # the study's sensitivity pass (compress.sensitivity), or None
 
     @property
     def target_device(self) -> str: ...   # where the deployed model runs

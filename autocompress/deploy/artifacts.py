@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.ao.nn.intrinsic.modules.fused import _FusedModule
 
 from autocompress.compress.depth import fit_depth
+from autocompress.compress.groups import Layout
 from autocompress.compress.quantization import CastInputs, load_into, quantized_skeleton
 from autocompress.compress.quantization.torchao_modes import Exported
 from autocompress.deploy.runtimes import Deployment
@@ -67,7 +69,13 @@ def model_structure(model: nn.Module, *, model_spec: dict[str, Any], source: str
     int8 conversion is not listed and takes the width of its input when rebuilt.
     """
     layers: dict[str, dict[str, Any]] = {}
-    for name, m in _float_core(model).named_modules():
+    core = _float_core(model)
+    fused = {n for n, m in core.named_modules() if isinstance(m, _FusedModule)}   # a float layer fused with its
+    for name, m in core.named_modules():   # activation (a group kept float in an int8 model): the layer's name
+        owner, _, child = name.rpartition(".")
+        if name in fused or (owner in fused and child != "0"):
+            continue
+        name = owner if owner in fused else name
         widths = {}
         for a in WIDTH_ATTRS + COUNT_ATTRS:
             v = getattr(m, a, None)
@@ -176,7 +184,7 @@ def rebuild(structure: dict[str, Any]) -> nn.Module:
         _fit_batchnorms(model, example)
     q = structure.get("quantization") or {}
     return quantized_skeleton(model.eval(), q.get("mode", "none"), example, per_channel=q.get("per_channel", True),
-                              backend=q.get("backend", "torch_ao"))
+                              backend=q.get("backend", "torch_ao"), layout=Layout.from_dict(q.get("layout")))
 
 
 # -- save and load -----------------------------------------------------------------------------
@@ -239,22 +247,29 @@ def load_exported(path: str | Path, *, reads_text: bool = True) -> nn.Module:
     return model.eval()
 
 
-def save_trial_model(model: nn.Module | None, policy: Policy, folder: Path, *, spec: StudySpec,
-                     data: DataBundle, shipped: Deployment | None = None) -> Path | None:
-    """During a search: save a trial's final model and its measured artifact. Never fails the
-    trial (export can re-run it)."""
-    if model is None:
+def save_trial_model(result: Any, folder: Path, *, spec: StudySpec, data: DataBundle) -> Path | None:
+    """During a search: save a trial's final model and its measured artifact (``result``: a
+    ``trial.TrialResult``, its model, policy, deployment and proof). Never fails the trial
+    (export can re-run it)."""
+    if result.model is None:
         return None
     try:
-        save_model(model, folder, structure_for(model, spec, data, policy), shipped)
+        structure = structure_for(result.model, spec, data, result.policy, result.proof)
+        save_model(result.model, folder, structure, result.deployment)
     except Exception as exc:
         log.warning("trial model not saved to %s: %s", folder, error_line(exc))
         return None
     return Path(folder)
 
 
-def structure_for(model: nn.Module, spec: StudySpec, data: DataBundle, policy: Policy) -> dict[str, Any]:
+def structure_for(model: nn.Module, spec: StudySpec, data: DataBundle, policy: Policy,
+                  proof: dict | None = None) -> dict[str, Any]:
+    """The structure file of a trial's model; ``proof``: the trial's, whose per-layer precision
+    (``quantization.layout``: groups kept in float or in another format) the rebuild repeats."""
     q = policy.quantization
+    quantization = {"mode": q.mode, "per_channel": q.per_channel, "backend": q.backend}
+    if layout := ((proof or {}).get("quantization") or {}).get("layout"):
+        quantization["layout"] = layout
     return model_structure(model, model_spec=spec.model.model_dump(mode="json"),
                            source=str(Path(spec.source).resolve()) if spec.source else None, data=data,
-                           quantization={"mode": q.mode, "per_channel": q.per_channel, "backend": q.backend})
+                           quantization=quantization)

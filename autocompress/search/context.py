@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from torch import nn
 
 from autocompress.search.checks import check_forward
 from autocompress.spec.config import StudySpec
+from autocompress.spec.policy import Policy
 from autocompress.trial.baseline import prepare_baseline
 from autocompress.trial.context import TargetSettings, TrialContext
+from autocompress.trial.sensitivity import formats_for, load_or_measure, needed
 from autocompress.utils import resolve_device, seed_everything
 from autocompress.zoo import build_data, build_model
 from autocompress.zoo.data import DataBundle
@@ -51,11 +53,15 @@ def with_baseline(ctx: TrialContext, spec: StudySpec, run_dir: Path, *, log: Cal
 
 
 def study_context(spec: StudySpec, *, baseline_dir: Path, epochs: int | None = None,
-                  train_fraction: float | None = None, say: Callable[[str], None] = lambda m: None) -> TrialContext:
+                  train_fraction: float | None = None, say: Callable[[str], None] = lambda m: None,
+                  policies: Sequence[Policy] = ()) -> TrialContext:
     """The TrialContext of ``spec``'s trials without an Optuna study: data, baseline (loaded
-    from ``baseline_dir`` or trained and cached there), target device."""
+    from ``baseline_dir`` or trained and cached there), target device, and the sensitivity pass
+    (cached there too) where one of ``policies`` reads it."""
     data, teacher = build_inputs(spec)
     Path(baseline_dir).mkdir(parents=True, exist_ok=True)
     ctx = with_baseline(trial_context(spec, data, teacher), spec, Path(baseline_dir), log=say,
                         train_fraction=train_fraction)
+    if needed(list(policies)):
+        ctx = replace(ctx, sensitivity=load_or_measure(ctx, Path(baseline_dir), formats_for(list(policies)), say=say))
     return ctx if epochs is None else replace(ctx, epochs=epochs)

@@ -130,6 +130,5 @@ def _save_model(run: StudyRun, trial: optuna.Trial, result: TrialResult) -> None
     if any(v > 0 for v in constraint_values(run.spec, result.metrics).values()):
         return
     folder = f"trials/{trial.number}"
-    if save_trial_model(result.model, result.policy, run.run_dir / folder, spec=run.spec, data=run.ctx.data,
-                        shipped=result.deployment) is not None:
+    if save_trial_model(result, run.run_dir / folder, spec=run.spec, data=run.ctx.data) is not None:
         record.write_model_dir(trial, folder)

@@ -26,6 +26,8 @@ from autocompress.search.checks import (check_augmentation, check_depth, check_d
                                        check_formats)
 from autocompress.search.context import build_inputs, trial_context, with_baseline
 from autocompress.search.memory import load_failures, load_previews
+from autocompress.search.per_layer import check_per_layer
+from autocompress.search.per_layer import needs as per_layer_needs
 from autocompress.search.objective import StudyRun, constraint_values, make_objective
 from autocompress.search.sampler import Rule, make_sampler
 from autocompress.search.storage import (STORAGE_FILE, STUDY_FILE, check_url, default_run_dir, default_storage_url,
@@ -35,6 +37,7 @@ from autocompress.spec.config import StudySpec, spec_from_dict, spec_to_yaml
 from autocompress.spec.outputs import check_out_dir
 from autocompress.spec.space import SearchSpace
 from autocompress.trial.context import KnownFailure
+from autocompress.trial.sensitivity import load_or_measure
 from autocompress.utils import atomic_write_text, optuna_experimental, redact_url
 
 __all__ = ["Placement", "StudyRun", "optimize", "prepare", "run_study", "spec_from_storage"]
@@ -68,6 +71,7 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
     check_augmentation(spec, space, data, log)
     check_depth(spec, space, teacher, log)
     check_formats(spec, space, log)
+    check_per_layer(spec, space, teacher, log)
     if all(k.distribution is None for k in space.knobs):
         log("warning: the search space fixes every knob: each trial runs the same policy (with its own seed)")
     ctx = trial_context(spec, data, teacher, device=placement.device)
@@ -78,6 +82,9 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
     with FileLock(str(run_dir / ".baseline.lock")):  # one worker trains it, the others load it
         ctx = with_baseline(ctx, spec, run_dir, log=log)
         _add_baseline_trial(study, spec, ctx.baseline_metrics)
+        needed, formats = per_layer_needs(space)
+        if needed:   # measured once, under the same lock: the other workers load it
+            ctx = replace(ctx, sensitivity=load_or_measure(ctx, run_dir, formats, say=log))
         if n := enqueue_warm_starts(study, spec, space, log):
             log(f"enqueued {n} warm-start policies")
     record.write_study_info(study, replace(record.study_info(study), baseline_metrics=ctx.baseline_metrics,

@@ -39,6 +39,18 @@ class PruningPolicy:
     ratio_late: float = _knob(-1.0, "ratio for the second half of the prunable layers "
                                     "(-1 = use ratio)", low=-1.0, high=0.95)
     schedule: str = _choice("agp", "agp", "linear", doc="gradual: how sparsity rises over epochs")
+    allocation: str = _choice("uniform", "uniform", "sensitivity", "global",
+                              doc="structured/gradual: every layer at its ratio, ratios spread by the study's "
+                                  "sensitivity pass (less where pruning hurts more), or one global ranking of "
+                                  "channels across layers")
+    ratio_stage1: float = _knob(-1.0, "ratio for the first quarter of the layer groups (-1 = use ratio)",
+                                low=-1.0, high=0.95)
+    ratio_stage2: float = _knob(-1.0, "ratio for the second quarter of the layer groups (-1 = use ratio)",
+                                low=-1.0, high=0.95)
+    ratio_stage3: float = _knob(-1.0, "ratio for the third quarter of the layer groups (-1 = use ratio)",
+                                low=-1.0, high=0.95)
+    ratio_stage4: float = _knob(-1.0, "ratio for the last quarter of the layer groups (-1 = use ratio)",
+                                low=-1.0, high=0.95)
     head_ratio: float = _knob(0.0, "structured/gradual on transformers: fraction of each attention layer's heads "
                                    "removed (0 = heads kept; `ratio` prunes the FFN neurons)", low=0.0, high=0.95)
     protect: tuple[str, ...] = _knob((), "module names never pruned (first conv and classifier "
@@ -61,6 +73,13 @@ class QuantizationPolicy:
                         doc="numeric format of the exported model (int8_weight_only ... int4_weight_only: "
                             "torchao, Linear layers)")
     calibration_batches: int = _knob(8, "static int8: training batches used to calibrate", low=1)
+    keep_float_top_k: int = _knob(0, "the k layer groups the study's sensitivity pass ranks most sensitive to "
+                                     "this mode stay in top_k_format (0 = every group in mode)", low=0)
+    top_k_format: str = _choice("float", "float", "per_channel", "int8_weight_only", "int8_dynamic_activation",
+                                "fp8_weight_only",
+                                doc="the format of the keep_float_top_k groups: float, per-channel int8 weight "
+                                    "scales (torch.ao modes with per_channel false), or another torchao mode")
+    keep_float: tuple[str, ...] = _knob((), "layer groups or modules always kept in float")
     per_channel: bool = _knob(True, "per-channel weight scales for int8 (torch.ao)")
     backend: str = _choice("torch_ao", "torch_ao", "torchao",
                            doc="static_int8: torch.ao FX graph mode, or torchao's PT2E flow (x86 Inductor "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -64,6 +64,8 @@ class TrialContext:
     # Shared by the study's trials: previews by ``preview_key``, failures by ``plan.runtime_key``.
     previews: dict[str, Preview] = field(default_factory=dict)
     failures: dict[str, KnownFailure] = field(default_factory=dict)
+    # The study's sensitivity pass (``compress.sensitivity.Sensitivity``), where a per-layer knob reads it.
+    sensitivity: Any = None
 
     @property
     def target_device(self) -> str:

@@ -63,7 +63,12 @@ class TrialPlan:
     def cost_key(self) -> str:
         """What decides the preview: the structure, and when the deployed form is previewed, its
         number format and runtime."""
-        return f"{self.structure_key} {self.runtime_key}" if self.previews_deployment else self.structure_key
+        if not self.previews_deployment:
+            return self.structure_key
+        q = self.policy.quantization
+        per_layer = (f" float{q.keep_float_top_k}:{q.top_k_format}:{','.join(q.keep_float)}"
+                     if q.mode != "none" and (q.keep_float_top_k or q.keep_float) else "")
+        return f"{self.structure_key} {self.runtime_key}{per_layer}"
 
     def final_after_compress(self) -> set[str]:
         """Metrics whose value the compressed, untrained model already has for this policy."""

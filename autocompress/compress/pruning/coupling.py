@@ -34,7 +34,8 @@ from torch import nn
 from autocompress.compress.base import TechniqueContext
 from autocompress.compress.pruning.graph import ROOTS, CannotTrace, Scope
 from autocompress.compress.pruning.heads import attention_modules, sync_head_counts, whole_heads
-from autocompress.compress.pruning.plan import Masks, layer_ratios, protected_layers
+from autocompress.compress.pruning.allocation import global_counts, layer_ratios
+from autocompress.compress.pruning.plan import Masks, protected_layers
 from autocompress.errors import TrialFailed
 from autocompress.spec.policy import PruningPolicy
 from autocompress.utils import error_line
@@ -91,12 +92,13 @@ def plan_groups(model: nn.Module, scope: Scope, p: PruningPolicy, ctx: Technique
     names = {m: n for n, m in model.named_modules()}
     protected = set(protected_layers(model, p.protect))
     roots = [n for n, m in model.named_modules() if isinstance(m, ROOTS) and n not in protected]
-    ratios = layer_ratios(roots, p)
+    ratios = layer_ratios(roots, p, model, getattr(ctx, "sensitivity", None))
     imp = _importance(p.criterion)
     if p.criterion == "taylor":
         _taylor_gradients(model, ctx)
     cuts = Cuts(protected=tuple(n for n, _ in model.named_modules() if n in protected))
     heads = {proj: a for a in attention_modules(model) for proj in a.projections}
+    scored = []   # (root, resized, width, ratio, scores, attention, block) of every group that may be cut
     for block, graph in scope.graphs(model).items():
         for group in graph.get_all_groups(ignored_layers=[], root_module_types=ROOTS):
             root = names.get(group[0].dep.target.module, "?")
@@ -111,8 +113,7 @@ def plan_groups(model: nn.Module, scope: Scope, p: PruningPolicy, ctx: Technique
             attention = next((heads[n] for n in resized if n in heads), None)
             if attention is not None:   # whole heads at head_ratio, or nothing
                 ratio = p.head_ratio * fraction
-            n_cut = min(width - 1, int(width * ratio))
-            if n_cut <= 0:
+            if min(width - 1, int(width * ratio)) <= 0 and p.allocation != "global":
                 continue
             try:
                 with torch.no_grad():
@@ -123,17 +124,23 @@ def plan_groups(model: nn.Module, scope: Scope, p: PruningPolicy, ctx: Technique
             if scores is None:
                 cuts.left_whole[root] = why
                 continue
-            if attention is not None:
-                if (whole := whole_heads(width, scores, ratio, attention.head_size)) is not None:
-                    cuts.groups.append(GroupCut(root, resized, width, *whole[:1], ratio, block, heads=whole[1]))
-                continue
-            remove = tuple(sorted(int(i) for i in torch.argsort(scores.float().cpu())[:n_cut]))
-            cut = GroupCut(root, resized, width, remove, ratio, block)
-            why = _changes_interface(model, scope, cut) if block else None
-            if why:
-                cuts.left_whole[root] = why
-            else:
-                cuts.groups.append(cut)
+            scored.append((root, resized, width, ratio, scores.float().cpu(), attention, block))
+    counts = global_counts(scored, p.ratio * fraction) if p.allocation == "global" else {}
+    for root, resized, width, ratio, scores, attention, block in scored:
+        if attention is not None:
+            if ratio > 0 and (whole := whole_heads(width, scores, ratio, attention.head_size)) is not None:
+                cuts.groups.append(GroupCut(root, resized, width, *whole[:1], ratio, block, heads=whole[1]))
+            continue
+        n_cut = counts.get(root, min(width - 1, int(width * ratio)))
+        if n_cut <= 0:
+            continue
+        remove = tuple(sorted(int(i) for i in torch.argsort(scores)[:n_cut]))
+        cut = GroupCut(root, resized, width, remove, n_cut / width, block)
+        why = _changes_interface(model, scope, cut) if block else None
+        if why:
+            cuts.left_whole[root] = why
+        else:
+            cuts.groups.append(cut)
     model.zero_grad(set_to_none=True)
     return cuts
 

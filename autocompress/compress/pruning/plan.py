@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from autocompress.compress.pruning.allocation import layer_ratios
 from autocompress.compress.pruning.engine import load_nni, nni_quiet, trace
 from autocompress.errors import TrialFailed
 from autocompress.spec.policy import PruningPolicy
@@ -60,21 +61,13 @@ def protected_layers(model: nn.Module, extra: tuple[str, ...] = ()) -> tuple[str
     return tuple(n for n, _ in layers if n in set(out))
 
 
-def layer_ratios(targets: list[str], p: PruningPolicy) -> dict[str, float]:
-    """AMC-style groups: ``ratio_early`` for the first half (middle included), ``ratio_late`` after."""
-    early = p.ratio_early if p.ratio_early >= 0 else p.ratio
-    late = p.ratio_late if p.ratio_late >= 0 else p.ratio
-    split = (len(targets) + 1) // 2
-    return {n: float(early if i < split else late) for i, n in enumerate(targets)}
-
-
 def plan_weight(model: nn.Module, p: PruningPolicy) -> Plan:
     protected = protected_layers(model, p.protect)
     targets = [n for n, _ in prunable_layers(model) if n not in protected]
-    return Plan(layer_ratios(targets, p), protected)
+    return Plan(layer_ratios(targets, p, model), protected)
 
 
-def plan_structured(model: nn.Module, p: PruningPolicy, example: torch.Tensor) -> Plan:
+def plan_structured(model: nn.Module, p: PruningPolicy, example: torch.Tensor, sensitivity: Any = None) -> Plan:
     """Target layers, their ratios and NNI dependency groups (tied channels share one mask)."""
     load_nni()
     from nni.compression.speedup.dependency import auto_set_denpendency_group_ids, build_channel_dependency
@@ -92,7 +85,7 @@ def plan_structured(model: nn.Module, p: PruningPolicy, example: torch.Tensor) -
             if names - set(candidates):
                 coupled |= names & set(candidates)
     targets = [n for n in candidates if n not in coupled]
-    ratios = layer_ratios(targets, p)
+    ratios = layer_ratios(targets, p, model, sensitivity)
     config = [{"op_names": [n], "sparse_ratio": r} for n, r in ratios.items()]
     with nni_quiet():
         config = auto_set_denpendency_group_ids(graph, config) if config else []

@@ -96,7 +96,7 @@ class StructuredPruning(PruningBase):
 
     # -- NNI -------------------------------------------------------------------------------------
     def _nni(self, model: nn.Module, example: torch.Tensor) -> None:
-        self.plan = plan_structured(model, self.p, example)
+        self.plan = plan_structured(model, self.p, example, getattr(self.ctx, "sensitivity", None))
         masks = criterion_masks(model, self.plan.scaled(1.0), self.p.criterion, self.ctx)
         shrink(model, masks, example)
         self.facts.update(engine="nni", criterion=self.p.criterion, protected=list(self.plan.protected),
@@ -132,7 +132,7 @@ class GradualPruning(StructuredPruning):
             self.engine = "torch-pruning"
         except CannotTrace as whole:
             try:
-                self.plan = plan_structured(model, self.p, example)
+                self.plan = plan_structured(model, self.p, example, getattr(self.ctx, "sensitivity", None))
                 shrink(copy.deepcopy(model), criterion_masks(model, self.plan.scaled(1.0), "l1", self.ctx), example)
                 self.facts["engine_fallback"] = f"Torch-Pruning: {whole}; NNI shrinks the model instead"
                 self.engine = "nni"

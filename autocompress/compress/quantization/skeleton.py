@@ -11,15 +11,15 @@ from autocompress.compress.quantization.formats import number_format
 
 
 def quantized_skeleton(model: nn.Module, mode: str, example_inputs: torch.Tensor, *, per_channel: bool = True,
-                       backend: str = "torch_ao") -> nn.Module:
+                       backend: str = "torch_ao", layout: torch_ao.Layout = torch_ao.UNIFORM) -> nn.Module:
     """``model`` (not modified) turned into ``mode``'s structure. Example::
 
         skeleton = quantized_skeleton(float_model, "static_int8", example)
         load_into(skeleton, torch.load("model.pt", weights_only=True), mode="static_int8")
     """
     if number_format(mode, per_channel, backend).backend == "torchao":
-        return torchao_modes.skeleton(model, mode, example_inputs.cpu())
-    return torch_ao.quantized_skeleton(model, mode, example_inputs, per_channel=per_channel)
+        return torchao_modes.skeleton(model, mode, example_inputs.cpu(), layout if layout != torch_ao.UNIFORM else None)
+    return torch_ao.quantized_skeleton(model, mode, example_inputs, per_channel=per_channel, layout=layout)
 
 
 def load_into(skeleton: nn.Module, state: dict, *, mode: str, backend: str = "torch_ao") -> None:

@@ -20,11 +20,13 @@ import torch
 from torch import nn
 
 from autocompress.compress.base import Declaration, Technique
+from autocompress.compress.groups import UNIFORM, Layout, layer_groups
 from autocompress.compress.quantization.formats import FLOAT_DTYPES, CastInputs, number_format
 from autocompress.compress.quantization.torchao_modes import quantize_linear, static_pt2e, why_missing
 from autocompress.compress.quantization.torch_ao import (INT8_MODES, check_quantized, convert, fails_trial,
                                                          float_layers, prepare_qat, prepare_static, quiet,
                                                          quantize_dynamic, weight_dtypes)
+from autocompress.compress.sensitivity import layout_refusal, per_group, quantization_layout
 from autocompress.errors import TrialFailed
 from autocompress.metrics.size import size_mb
 from autocompress.spec.policy import Policy
@@ -45,10 +47,12 @@ class Quantization(Technique):
         fmt = number_format(q.mode, q.per_channel, q.backend)
         torchao = fmt.backend == "torchao"
         scales = f" ({'per-channel' if q.per_channel else 'per-tensor'} weights)" if fmt.per_channel is not None else ""
+        per_layer = (f" top{q.keep_float_top_k} {q.top_k_format}" if q.keep_float_top_k else "") + (
+            f" float {','.join(q.keep_float)}" if q.keep_float else "")
         return Declaration(label=f"{q.mode} quantization", summary=q.mode + (" (torchao)" if torchao and
-                                                                            q.mode == "static_int8" else ""),
+                                                                            q.mode == "static_int8" else "") + per_layer,
                            number_format=fmt, rewrites_graph_before_finetune=q.mode == "qat_int8",
-                           card_line=f"quantization: {fmt.label}{scales}" + (
+                           card_line=f"quantization: {fmt.label}{scales}{per_layer}" + (
                                "; fast under torch.compile" if fmt.fast_under == {"compile"} else ""))
 
     def __init__(self, policy, ctx, pipeline) -> None:
@@ -59,11 +63,27 @@ class Quantization(Technique):
         self._steps = 0
         self._float_size_mb: float | None = None  # QAT: before fake-quant modules were added
         self._proof: dict[str, Any] = {"mode": self.mode}
+        self.layout = UNIFORM
+
+    def _resolve_layout(self, model: nn.Module) -> None:
+        """Per-layer precision: which groups stay in float or take ``top_k_format``."""
+        q = self.q
+        if q.keep_float_top_k == 0 and not q.keep_float:
+            return
+        if (why := layout_refusal(q)) is not None:
+            raise TrialFailed(why)
+        self.layout = quantization_layout(model, q, self.ctx.sensitivity)
+        groups = layer_groups(model)
+        self._proof["per_layer"] = per_group(groups, self.layout, self.mode)
+        self._proof["layout"] = self.layout.to_dict()
+        if q.keep_float_top_k:
+            self._proof["sensitivity_rank"] = self.ctx.sensitivity.ranking(self.mode)[:max(3, q.keep_float_top_k)]
 
     # Checks that cost little run before any training, so a trial that cannot apply ends early.
     # (Whether the target device has kernels for the format is declared: ``NumberFormat.devices``.)
     def compress(self, model: nn.Module) -> nn.Module:
         device = torch.device(self.ctx.target_device)
+        self._resolve_layout(model)
         if self.format.backend == "torchao":
             return self._check_torchao(model, device)
         if self.mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -84,7 +104,7 @@ class Quantization(Technique):
             return model
         example = self.ctx.example_batch().to(device_of(model))
         self._float_size_mb = size_mb(model)
-        return prepare_qat(model, example, per_channel=self.q.per_channel)
+        return prepare_qat(model, example, per_channel=self.q.per_channel, layout=self.layout)
 
     def on_step_end(self, model: nn.Module, step: int) -> None:
         self._steps = step
@@ -110,12 +130,13 @@ class Quantization(Technique):
             self._probe(out)
         elif self.mode == "dynamic_int8":
             skipped = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-            out = quantize_dynamic(model, per_channel=self.q.per_channel)
+            out = quantize_dynamic(model, per_channel=self.q.per_channel, layout=self.layout)
             if skipped:   # its out_proj is a NonDynamicallyQuantizableLinear, which torch.ao leaves in float
                 self._proof["float_by_design"] = {f"{n}.out_proj": "nn.MultiheadAttention's output projection: "
                                                   "torch.ao's dynamic int8 leaves it in float" for n in skipped}
         elif self.mode == "static_int8":
-            prepared = prepare_static(model, self.ctx.example_batch(), per_channel=self.q.per_channel)
+            prepared = prepare_static(model, self.ctx.example_batch(), per_channel=self.q.per_channel,
+                                      layout=self.layout)
             self._proof["calibration_samples"] = self._calibrate(prepared)
             out = convert(prepared)
         elif self.mode == "qat_int8":
@@ -139,6 +160,10 @@ class Quantization(Technique):
     def proof(self) -> dict[str, Any]:
         return {"quantization": dict(self._proof)}
 
+    @property
+    def _ao_layout(self) -> Layout | None:
+        return None if self.layout == UNIFORM else self.layout
+
     def _check_torchao(self, model: nn.Module, device: torch.device) -> nn.Module:
         """Before training: torchao is there and has the mode, the GPU can run fp8, and (on a copy)
         the mode changes at least one layer of this model."""
@@ -148,14 +173,14 @@ class Quantization(Technique):
             raise TrialFailed(f"fp8_dynamic needs fp8 kernels (compute capability 8.9 or more); "
                               f"{torch.cuda.get_device_name(device)} has {torch.cuda.get_device_capability(device)}")
         if self.mode != "static_int8":
-            quantize_linear(copy.deepcopy(model).cpu().eval(), self.mode)   # TrialFailed when nothing changes
+            quantize_linear(copy.deepcopy(model).cpu().eval(), self.mode, self._ao_layout)   # TrialFailed when nothing changes
         return model
 
     def _torchao(self, model: nn.Module, size_before: float) -> nn.Module:
         if self.mode == "static_int8":
             out, proof = static_pt2e(model, self.ctx.example_batch(), lambda forward: self._calibrate(forward, eval_mode=False))
         else:
-            out, proof = quantize_linear(model, self.mode)
+            out, proof = quantize_linear(model, self.mode, self._ao_layout)
         self._proof.update({**proof, "size_before_mb": round(size_before, 6), "size_after_mb": round(size_mb(out), 6),
                             "fast_under": sorted(self.format.fast_under)})
         return out

@@ -22,6 +22,7 @@ from torch.ao.quantization import (QConfig, default_dynamic_qconfig, default_wei
                                    per_channel_dynamic_qconfig)
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
 
+from autocompress.compress.groups import UNIFORM, Layout
 from autocompress.compress.quantization.formats import FLOAT_DTYPES, CastInputs
 from autocompress.errors import TrialFailed
 from autocompress.utils import error_line
@@ -46,20 +47,38 @@ def use_engine() -> None:
         torch.backends.quantized.engine = ENGINE
 
 
-def qconfig_mapping(*, qat: bool, per_channel: bool):
-    """The x86 default (per-channel weights, reduce-range activations), or per-tensor weights."""
+
+
+def qconfig_mapping(*, qat: bool, per_channel: bool, layout: Layout = UNIFORM):
+    """The x86 default (per-channel weights, reduce-range activations), or per-tensor weights;
+    with ``layout``'s float and per-channel modules set by module name."""
     mapping = get_default_qat_qconfig_mapping(ENGINE) if qat else get_default_qconfig_mapping(ENGINE)
+    channel = mapping.global_qconfig
     if not per_channel:
         act = mapping.global_qconfig.activation
         mapping.set_global(QConfig(activation=act, weight=default_weight_fake_quant if qat
                                    else default_weight_observer))
+    if layout.only is not None:
+        only = QConfig(activation=mapping.global_qconfig.activation, weight=mapping.global_qconfig.weight)
+        mapping.set_global(None).set_module_name(layout.only, only)
+    for name in layout.alt_modules if layout.alt_format == "per_channel" else ():
+        mapping.set_module_name(name, channel)
+    for name in layout.float_modules:
+        mapping.set_module_name(name, None)
     return mapping
 
 
-def _dynamic_spec(per_channel: bool) -> dict:
+def _dynamic_spec(model: nn.Module, per_channel: bool, layout: Layout) -> dict:
     # LSTM/GRU dynamic kernels take per-tensor weights only
-    return {nn.Linear: per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig,
-            nn.LSTM: default_dynamic_qconfig, nn.GRU: default_dynamic_qconfig}
+    if layout == UNIFORM:
+        return {nn.Linear: per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig,
+                nn.LSTM: default_dynamic_qconfig, nn.GRU: default_dynamic_qconfig}
+    spec: dict = {}
+    for name, m in model.named_modules():
+        if type(m) in (nn.Linear, nn.LSTM, nn.GRU) and layout.quantizes(name):
+            channel = isinstance(m, nn.Linear) and layout.per_channel(name, per_channel)
+            spec[name] = per_channel_dynamic_qconfig if channel else default_dynamic_qconfig
+    return spec
 
 
 @contextlib.contextmanager
@@ -73,18 +92,19 @@ def fails_trial(what: str) -> Iterator[None]:
         raise TrialFailed(f"{what}: {error_line(exc)}") from None
 
 
-def prepare_static(model: nn.Module, example: torch.Tensor, *, per_channel: bool) -> nn.Module:
+def prepare_static(model: nn.Module, example: torch.Tensor, *, per_channel: bool, layout: Layout = UNIFORM) -> nn.Module:
     """FX-trace ``model`` (eval mode) and insert observers. Mutates ``model``'s submodules."""
     use_engine()
     with quiet(), fails_trial("FX graph mode cannot quantize this model"):
-        return prepare_fx(model.eval(), qconfig_mapping(qat=False, per_channel=per_channel), (example,))
+        return prepare_fx(model.eval(), qconfig_mapping(qat=False, per_channel=per_channel, layout=layout), (example,))
 
 
-def prepare_qat(model: nn.Module, example: torch.Tensor, *, per_channel: bool) -> nn.Module:
+def prepare_qat(model: nn.Module, example: torch.Tensor, *, per_channel: bool, layout: Layout = UNIFORM) -> nn.Module:
     """FX-trace ``model`` (train mode) with fake-quant modules for quantization-aware training."""
     use_engine()
     with quiet(), fails_trial("FX graph mode cannot prepare this model for QAT"):
-        return prepare_qat_fx(model.train(), qconfig_mapping(qat=True, per_channel=per_channel), (example,))
+        return prepare_qat_fx(model.train(), qconfig_mapping(qat=True, per_channel=per_channel, layout=layout),
+                              (example,))
 
 
 def convert(prepared: nn.Module) -> nn.Module:
@@ -93,15 +113,15 @@ def convert(prepared: nn.Module) -> nn.Module:
         return convert_fx(prepared.eval())
 
 
-def quantize_dynamic(model: nn.Module, *, per_channel: bool) -> nn.Module:
+def quantize_dynamic(model: nn.Module, *, per_channel: bool, layout: Layout = UNIFORM) -> nn.Module:
     use_engine()
     with quiet():
-        return torch.ao.quantization.quantize_dynamic(model.eval(), _dynamic_spec(per_channel),
+        return torch.ao.quantization.quantize_dynamic(model.eval(), _dynamic_spec(model, per_channel, layout),
                                                       dtype=torch.qint8, inplace=False)
 
 
 def quantized_skeleton(model: nn.Module, mode: str, example_inputs: torch.Tensor, *,
-                       per_channel: bool = True) -> nn.Module:
+                       per_channel: bool = True, layout: Layout = UNIFORM) -> nn.Module:
     """The module structure ``mode`` turns the float ``model`` into, without calibration.
 
     Loading the state dict of a model quantized the same way then restores weights, scales and
@@ -117,11 +137,11 @@ def quantized_skeleton(model: nn.Module, mode: str, example_inputs: torch.Tensor
     if mode in FLOAT_DTYPES:
         return CastInputs(model.to(FLOAT_DTYPES[mode]), FLOAT_DTYPES[mode]).eval()
     if mode == "dynamic_int8":
-        return quantize_dynamic(model, per_channel=per_channel)
+        return quantize_dynamic(model, per_channel=per_channel, layout=layout)
     if mode == "static_int8":
-        return convert(prepare_static(model, example_inputs, per_channel=per_channel))
+        return convert(prepare_static(model, example_inputs, per_channel=per_channel, layout=layout))
     if mode == "qat_int8":
-        return convert(prepare_qat(model, example_inputs, per_channel=per_channel))
+        return convert(prepare_qat(model, example_inputs, per_channel=per_channel, layout=layout))
     raise ValueError(f"unknown quantization mode {mode!r}")
 
 

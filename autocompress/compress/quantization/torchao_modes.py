@@ -73,13 +73,20 @@ def why_missing(mode: str) -> str | None:
     return None
 
 
-def quantize_linear(model: nn.Module, mode: str) -> tuple[nn.Module, dict[str, Any]]:
+def quantize_linear(model: nn.Module, mode: str, layout: Any = None) -> tuple[nn.Module, dict[str, Any]]:
     """``model`` with every ``nn.Linear`` torchao can take quantized to ``mode`` (in place),
-    and the proof: the tensor subclass of each quantized layer, each layer skipped and why."""
+    and the proof: the tensor subclass of each quantized layer, each layer skipped and why.
+    ``layout`` (``torch_ao.Layout``): layers kept in float, or quantized to another torchao mode."""
     tq = load()
-    config = getattr(tq, CONFIGS[mode])
     layers, skipped = {}, {}
     for name, module in list(model.named_modules()):
+        if layout is not None and not layout.quantizes(name):
+            if isinstance(module, nn.Linear):
+                skipped[name] = "Linear: kept in floating point (per-layer policy)"
+            continue
+        alt = layout is not None and layout.alt_format in CONFIGS and any(
+            name == p or name.startswith(p + ".") for p in layout.alt_modules)
+        config = getattr(tq, CONFIGS[layout.alt_format if alt else mode])
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             skipped[name] = f"{type(module).__name__}: torchao's {mode} quantizes nn.Linear layers only"
         if not isinstance(module, nn.Linear):
@@ -171,10 +178,10 @@ def _drop_unused_parameters(graph: torch.fx.GraphModule) -> None:
             delattr(graph.get_submodule(owner) if owner else graph, attr)
 
 
-def skeleton(model: nn.Module, mode: str, example: torch.Tensor) -> nn.Module:
+def skeleton(model: nn.Module, mode: str, example: torch.Tensor, layout: Any = None) -> nn.Module:
     """The module structure ``mode`` gives the float ``model`` (values meaningless), for loading
     a saved state dict (``load_state_dict(..., assign=True)``)."""
     model = copy.deepcopy(model).cpu().eval()
     if mode in CONFIGS:
-        return quantize_linear(model, mode)[0]
+        return quantize_linear(model, mode, layout)[0]
     return static_pt2e(model, example, lambda prepared: int(prepared(example) is not None))[0]
