@@ -196,6 +196,10 @@ def test_a_per_layer_study_exports_a_model_that_reloads_and_reproduces_its_accur
     trial = next(r for r in record.read_all(optuna.load_study(study_name="per-layer", storage=storage)) if not r.baseline)
     assert trial.state.name == "COMPLETE", trial.fail_reason
     assert trial.proof["quantization"]["per_layer"]["loud"] == "float"
+    result = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "r.html").read_text()
+    assert "Sensitivity per layer group" in page and "<tr><td>loud</td>" in page and "int8 static_int8" in page
     out = tmp_path / "export"
     result = CliRunner().invoke(app, ["export", str(run), "--trial", str(trial.number), "--out", str(out)])
     assert result.exit_code == 0, result.output

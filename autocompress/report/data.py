@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from autocompress.metrics.registry import METRICS
 from autocompress.report.analysis import Importances, hypervolume_history, param_importances
 from autocompress.report.front import Front, pareto_front
+from autocompress.report.sensitivity import load as load_sensitivity
 from autocompress.search.record import TrialRecord, read_all, study_info
 
 # Units shown next to every measured number, in registry order (the metric names carry most).
@@ -37,6 +38,7 @@ class ReportData:
     importances: Importances
     front_points: list[dict[str, Any]] = field(default_factory=list)  # details of every front point
     failures: list[dict[str, Any]] = field(default_factory=list)      # FAIL / PRUNED trials and why
+    sensitivity: dict[str, Any] | None = None   # the study's sensitivity pass (report.sensitivity), if any
 
     @property
     def metric_names(self) -> list[str]:
@@ -152,4 +154,4 @@ def report_data(study: optuna.Study, spec: dict[str, Any] | None = None, *, run_
         study_name=study.study_name, summary=study_summary(study, spec, records, run_dir),
         trials=trials_frame(records, front), front=front, hypervolume=hv, hv_reference=reference,
         importances=param_importances(study, records, seed=int(spec.get("seed") or 0)),
-        front_points=[front_point(r) for r in points], failures=failures(records))
+        front_points=[front_point(r) for r in points], failures=failures(records), sensitivity=load_sensitivity(run_dir))

@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 
 from autocompress.metrics.registry import format_value, metric_label
 from autocompress.report.data import ReportData
+from autocompress.report.sensitivity import sensitivity_figure
 
 COLORS = {"trial": "#7aa6d6", "front": "#d62728", "infeasible": "#9a9a9a", "baseline": "#f2b701"}
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=90, b=50), height=500,
@@ -169,5 +170,5 @@ def all_figures(data: ReportData) -> dict[str, go.Figure]:
     """Figure id -> figure, in page order; figures with nothing to show are left out."""
     figs = {"pareto": pareto_figure(data), "pareto3d": pareto_3d_figure(data),
             "splom": scatter_matrix_figure(data), "hypervolume": hypervolume_figure(data),
-            "importance": importance_figure(data)}
+            "importance": importance_figure(data), "sensitivity": sensitivity_figure(data.sensitivity)}
     return {k: v for k, v in figs.items() if v is not None}

@@ -19,6 +19,7 @@ from plotly.offline import get_plotlyjs
 
 from autocompress.report.data import ReportData
 from autocompress.report.figures import all_figures
+from autocompress.report.sensitivity import sensitivity_section
 from autocompress.report.sections import (failures_section, front_section, hv_section, importance_section,
                                           points_section, summary_section, trials_section)
 from autocompress.report.tables import esc, fmt
@@ -118,10 +119,10 @@ def render_html(data: ReportData) -> str:
         f"<script>{ERROR_TRAP}</script><script>{plotly_js}</script></head><body>",
         f"<header><h1>Compression report: {esc(data.study_name)}</h1><p>{esc(subtitle)}</p></header>",
         "<nav><a href='#summary'>Study</a><a href='#front'>Pareto front</a><a href='#hypervolume'>Hypervolume</a>"
-        "<a href='#importance'>Importance</a><a href='#trials'>Trials</a><a href='#points'>Front points</a>"
+        "<a href='#importance'>Importance</a><a href='#sensitivity'>Sensitivity</a><a href='#trials'>Trials</a><a href='#points'>Front points</a>"
         "<a href='#failures'>Failures</a></nav><main><div id='js-errors' hidden></div>",
         summary_section(data), front_section(data, figs), hv_section(data, figs),
-        importance_section(data, figs), trials_section(data), points_section(data), failures_section(data),
+        importance_section(data, figs), sensitivity_section(data.sensitivity, figs), trials_section(data), points_section(data), failures_section(data),
         "</main>",
         f"<script type='application/json' id='figure-data'>{safe_json(fig_json)}</script>",
         f"<script>{RENDER}</script></body></html>",
