@@ -23,13 +23,18 @@ class LatencyStats:
         return asdict(self)
 
 
+def batch_of(example: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """A batch of ``batch_size`` samples: ``example``'s rows repeated as often as needed."""
+    reps = -(-batch_size // example.shape[0])
+    return example.repeat(reps, *([1] * (example.dim() - 1)))[:batch_size]
+
+
 @torch.inference_mode()
 def measure_latency(model: nn.Module, example: torch.Tensor, *, device: str = "cpu", batch_size: int = 1,
                     threads: int | None = 1, max_time_s: float = 1.0) -> LatencyStats:
     """Median latency of ``model(batch)`` for a batch of ``batch_size`` samples like ``example``."""
     model.eval()
-    reps = -(-batch_size // example.shape[0])
-    x = example.repeat(reps, *([1] * (example.dim() - 1)))[:batch_size].to(device)
+    x = batch_of(example, batch_size).to(device)
     n_threads = threads or torch.get_num_threads()
     for _ in range(3):  # warm-up (allocator, lazy init, oneDNN primitive cache)
         model(x)
@@ -53,11 +58,11 @@ class Ratio:
     @classmethod
     def of(cls, numerators: list[float], denominators: list[float]) -> "Ratio":
         per_round = sorted(n / d for n, d in zip(numerators, denominators))
-        q1, q3 = _quantile(per_round, 0.25), _quantile(per_round, 0.75)
-        return cls(median=_quantile(per_round, 0.5), iqr=q3 - q1, rounds=len(per_round))
+        q1, q3 = quantile(per_round, 0.25), quantile(per_round, 0.75)
+        return cls(median=quantile(per_round, 0.5), iqr=q3 - q1, rounds=len(per_round))
 
 
-def _quantile(values: list[float], q: float) -> float:
+def quantile(values: list[float], q: float) -> float:
     """Linear-interpolated quantile of sorted ``values``."""
     pos = q * (len(values) - 1)
     lo, hi = int(pos), min(int(pos) + 1, len(values) - 1)
@@ -72,8 +77,7 @@ def measure_side_by_side(models: dict[str, nn.Module], example: torch.Tensor, *,
     then hits every model alike, so their ratios (``Ratio.of`` on ``per_round``) are fair
     where two separate measurements are not. Returns each model's stats over its per-round
     medians (``per_round`` in ms, in round order)."""
-    reps = -(-batch_size // example.shape[0])
-    x = example.repeat(reps, *([1] * (example.dim() - 1)))[:batch_size].to(device)
+    x = batch_of(example, batch_size).to(device)
     timers = {}
     for name, model in models.items():
         model.eval()
@@ -89,8 +93,8 @@ def measure_side_by_side(models: dict[str, nn.Module], example: torch.Tensor, *,
             m = timers[name].blocked_autorange(min_run_time=budget)
             medians[name].append(m.median * 1e3)
             runs[name] += m.number_per_run * len(m.times)
-    return {name: SideBySide(median_ms=_quantile(sorted(v), 0.5),
-                             iqr_ms=_quantile(sorted(v), 0.75) - _quantile(sorted(v), 0.25), runs=runs[name],
+    return {name: SideBySide(median_ms=quantile(sorted(v), 0.5),
+                             iqr_ms=quantile(sorted(v), 0.75) - quantile(sorted(v), 0.25), runs=runs[name],
                              batch_size=batch_size, threads=threads, device=device, per_round=tuple(v))
             for name, v in medians.items()}
 

@@ -17,7 +17,8 @@ metric names exists. A metric says what everyone needs to know about it:
 - ``runtime_dependent``: differs between runtimes for the same structure and format;
 - ``noise_rtol``: relative noise of one measurement on a shared machine (latency);
 - ``objective``: whether an objective or constraint may use it (detail columns may not);
-- ``unavailable(device)``: why this machine cannot measure it for that target device, or None.
+- ``unavailable(device)``: why this machine cannot measure it for that target device, or None;
+  ``needs``: the ``target`` setting it cannot be measured without (a price, a batch size).
   A study that uses such a metric as an objective or constraint is refused at validation.
 """
 
@@ -27,6 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Mapping
 
+from autocompress.metrics.counters import energy_unavailable
 from autocompress.metrics.memory import peak_memory_unavailable
 
 Direction = Literal["maximize", "minimize"]
@@ -52,6 +54,7 @@ class Metric:
     exact: bool = False            # a count or a byte size: a ratio of two values is exact
     side_by_side: str | None = None  # the ratio to the baseline measured side by side (latency: speedup)
     unavailable: Callable[[str], str | None] | None = None
+    needs: str | None = None       # a target setting (TargetSpec field) it cannot be measured without
 
     def better(self, a: float, b: float) -> bool:
         """Whether ``a`` is at least as good as ``b`` within this metric's noise."""
@@ -93,7 +96,21 @@ _REGISTRY: tuple[Metric, ...] = (
            final_at="deployment", runtime_dependent=True, exact=True),
     Metric("throughput_sps", "samples/s", "maximize",
            "samples per second at target.throughput_batch_size on the target device",
-           final_at="deployment", runtime_dependent=True, noise_rtol=0.05),
+           final_at="deployment", runtime_dependent=True, noise_rtol=0.05, needs="throughput_batch_size"),
+    Metric("cost_usd_per_1k", "USD", "minimize",
+           "dollars per 1000 inferences: target.price_per_hour times the time 1000 samples take at the "
+           "latency measurement's throughput (target.batch_size per latency_ms)",
+           final_at="deployment", previewed=True, runtime_dependent=True, noise_rtol=0.05, short="$/1k",
+           side_by_side="speedup", needs="price_per_hour"),
+    Metric("energy_mj", "mJ", "minimize",
+           "energy of one inference on the target device, millijoules: the difference of its hardware "
+           "energy counter (NVML on CUDA, RAPL package zones on CPU; idle power included) over windows of "
+           "at least 1 s of batches of target.batch_size, per sample; median over the windows",
+           final_at="deployment", runtime_dependent=True, noise_rtol=0.05, short="mJ",
+           spread="energy_iqr_mj", rounds="energy_runs", unavailable=energy_unavailable),
+    Metric("energy_iqr_mj", "mJ", "minimize", "interquartile range of energy_mj over the counter windows",
+           final_at="deployment", runtime_dependent=True, objective=False),
+    Metric("energy_runs", "count", "maximize", "counter windows behind the energy_mj median", objective=False),
     Metric("peak_memory_mb", "MB", "minimize",
            "peak memory of inference on the target device, MB: CUDA max allocated (weights included); "
            "CPU growth of the process's peak RSS (a lower bound)",
@@ -141,7 +158,7 @@ def format_value(name: str, value: object, *, compact: bool = False) -> str:
         return f"{value:,.0f}"
     if unit in ("fraction", "MB"):
         return f"{value:.4f}"
-    if unit == "ms":
+    if unit in ("ms", "mJ", "USD"):
         return f"{value:.4g}"
     if unit == "x":
         return f"{value:.3g}x"
