@@ -14,16 +14,24 @@ from autocompress.spec.config import spec_from_dict
 from conftest import tiny_study
 
 
-def test_every_metric_the_engine_measures_is_registered(digits_ctx):
+def test_every_metric_the_engine_measures_is_registered(digits_ctx, monkeypatch):
     from dataclasses import replace
 
     from autocompress.deploy.runtimes import deploy
     from autocompress.trial.measure import baseline_metrics, deployed_metrics
 
+    from autocompress.metrics import counters, energy
+
+    from test_energy import Synthetic
+
     measured = set(baseline_metrics(digits_ctx.teacher, digits_ctx))
-    ctx = replace(digits_ctx, target=replace(digits_ctx.target, throughput_batch_size=4))
+    monkeypatch.setattr(counters, "open_counters", lambda device: [Synthetic()])   # no counter on this machine
+    monkeypatch.setattr(energy, "MIN_WINDOW_S", 0.05)
+    ctx = replace(digits_ctx, target=replace(digits_ctx.target, throughput_batch_size=4, energy=True,
+                                             price_per_hour=2.48))
     measured |= set(deployed_metrics(deploy(ctx.teacher, "eager", ctx.example_batch()), ctx))
-    assert {"speedup", "speedup_iqr", "size_ratio", "top1_agreement", "throughput_sps"} <= measured
+    assert {"speedup", "speedup_iqr", "size_ratio", "top1_agreement", "throughput_sps", "energy_mj",
+            "energy_iqr_mj", "energy_runs", "cost_usd_per_1k"} <= measured
     assert measured <= set(METRICS), measured - set(METRICS)
 
 

@@ -37,7 +37,8 @@ def trial_context(spec: StudySpec, data: DataBundle, teacher: nn.Module, *, devi
     """The context of ``spec``'s trials before the baseline is known (it trains the teacher)."""
     t = spec.target
     target = TargetSettings(device=t.device, batch_size=t.batch_size, threads=t.threads, max_time_s=t.max_time_s,
-                            throughput_batch_size=t.throughput_batch_size, seq_len=t.seq_len)
+                            throughput_batch_size=t.throughput_batch_size, seq_len=t.seq_len,
+                            energy="energy_mj" in spec.used_metrics, price_per_hour=t.price_per_hour)
     return TrialContext(data=data, teacher=teacher, baseline_metrics={}, device=resolve_device(device or spec.device),
                         target=target, epochs=spec.budget.epochs, seed=spec.seed, base_dir=spec.base_dir)
 

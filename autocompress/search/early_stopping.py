@@ -55,7 +55,7 @@ def _comparable(spec: StudySpec, plan: TrialPlan) -> Callable[[TrialRecord, Prev
     """Whether another trial's costs are known to be as good as or better than this one's."""
     objectives = set(spec.metric_names)
     costs = [m for m in previewed_costs() if m in objectives]
-    # Costs the untrained structure cannot tell (batch-N throughput, peak memory): only a
+    # Costs the untrained structure cannot tell (batch-N throughput, peak memory, energy): only a
     # trial of the very same structure, format and runtime is known to cost the same.
     unjudged = objectives - set(costs) - quality_names()
     # The runtime changes latency and size (ONNX Runtime can be several times faster than

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from autocompress.errors import ConfigError, suggest
-from autocompress.metrics.registry import why_unavailable
+from autocompress.metrics.registry import METRICS, why_unavailable
 from autocompress.spec.fields import (BaselineSpec, Budget, Constraint, DataSpec, EarlyStoppingSpec, HeartbeatSpec,
                                       ModelSpec, Objective, Strict, TargetSpec, WarmStartSpec, device_name,
                                       parse_duration)
@@ -102,9 +102,6 @@ class StudySpec(Strict):
         names = [o.metric for o in self.objectives]
         if len(set(names)) != len(names):
             raise ValueError("each metric may appear once in objectives")
-        used = names + [c.metric for c in self.constraints]
-        if "throughput_sps" in used and not self.target.throughput_batch_size:
-            raise ValueError("throughput_sps needs target.throughput_batch_size (e.g. 32)")
         return self
 
     @property
@@ -127,6 +124,11 @@ class StudySpec(Strict):
     @property
     def directions(self) -> list[str]:
         return [o.direction for o in self.objectives]
+
+    @property
+    def used_metrics(self) -> set[str]:
+        """The metrics its objectives and constraints use."""
+        return {*self.metric_names, *(c.metric for c in self.constraints)}
 
 
 def _loc(loc: tuple) -> str:
@@ -200,10 +202,15 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 
 def check_measurable(spec: StudySpec) -> None:
     """An objective or constraint on a metric this machine cannot measure for the study's
-    target device is refused here, not turned into failed trials (``metrics.registry``)."""
+    target device, or without a target setting it needs (a price, a batch size), is refused
+    here, not turned into failed trials or silent zeros (``metrics.registry``)."""
     used = [(f"objectives[{i}].metric", o.metric) for i, o in enumerate(spec.objectives)]
     used += [(f"constraints[{i}]", c.metric) for i, c in enumerate(spec.constraints)]
     for field, metric in used:
+        needs = METRICS[metric].needs
+        if needs and getattr(spec.target, needs) is None:
+            what = TargetSpec.model_fields[needs].description
+            raise ConfigError(spec.source, field, f"{metric} needs target.{needs} ({what})")
         reason = why_unavailable(metric, spec.target.device)
         if reason:
             raise ConfigError(spec.source, field, f"{metric} cannot be measured on this machine: {reason}")

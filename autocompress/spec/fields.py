@@ -177,13 +177,15 @@ class BaselineSpec(Strict):
 
 
 class TargetSpec(Strict):
-    """Where and how latency is measured: the device the model is deployed to."""
+    """Where and how latency (and energy, and cost) is measured: the device the model is deployed to."""
     device: str = "cpu"
     batch_size: int = Field(1, ge=1, le=65536)
     threads: int | None = Field(1, ge=1, le=1024, description="CPU threads; null = all")
     max_time_s: float = Field(1.0, gt=0, le=600, description="cap on timed runs per model")
     throughput_batch_size: int | None = Field(None, ge=1, le=65536,
-                                              description="also measure throughput_sps at this batch size")
+                                              description="the batch size throughput_sps is measured at, e.g. 32")
+    price_per_hour: float | None = Field(None, gt=0, le=1e6,
+                                         description="dollars per hour of the target device, e.g. 2.48")
     seq_len: int | None = Field(None, ge=2, le=1_000_000,
                                 description="text: the token sequence length latency and FLOPs are measured at, "
                                             "padding included (default: the data's seq_len)")

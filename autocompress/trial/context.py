@@ -21,13 +21,15 @@ from autocompress.zoo.data import DataBundle, make_loader
 
 @dataclass(frozen=True)
 class TargetSettings:
-    """Where latency is measured (the deployment target)."""
+    """Where latency, energy and cost are measured (the deployment target)."""
     device: str = "cpu"
     batch_size: int = 1
     threads: int | None = 1
     max_time_s: float = 1.0
     throughput_batch_size: int | None = None   # also measure throughput_sps at this batch size
     seq_len: int | None = None                 # text: the length inputs are measured at (padding included)
+    energy: bool = False                       # measure energy_mj (the study uses it: seconds per model)
+    price_per_hour: float | None = None        # dollars per device-hour: cost_usd_per_1k
 
     @property
     def resolved_threads(self) -> int:

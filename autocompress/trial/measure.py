@@ -1,5 +1,6 @@
-"""Measuring a model: FLOPs and params of its structure, and accuracy, latency, peak memory
-and size of its deployed form (``deploy.runtimes.deploy``: what is measured is what ships).
+"""Measuring a model: FLOPs and params of its structure, and accuracy, latency, peak memory,
+size, energy and cost of its deployed form (``deploy.runtimes.deploy``: what is measured is
+what ships).
 
 Latency and its ratio to the baseline's are measured side by side (``measure_side_by_side``):
 the trial's artifact and the baseline's model in turn, over several rounds, so the ratio
@@ -18,7 +19,10 @@ from autocompress.compress import Technique
 from autocompress.deploy.agreement import check_predictions
 from autocompress.deploy.runtimes import Deployment, deploy
 from autocompress.errors import TrialFailed
+from autocompress.metrics import counters
 from autocompress.metrics.accuracy import evaluate, predict
+from autocompress.metrics.cost import cost_usd_per_1k
+from autocompress.metrics.energy import measure_energy
 from autocompress.metrics.flops import count_flops
 from autocompress.metrics.latency import Ratio, measure_latency, measure_side_by_side
 from autocompress.metrics.memory import track_peak_memory
@@ -70,7 +74,7 @@ def preview_costs(model: nn.Module, plan: TrialPlan, ctx: TrialContext, example:
     lat = measure_latency(shipped.module, example, device=ctx.target.device, batch_size=ctx.target.batch_size,
                           threads=shipped.threads, max_time_s=min(max_time_s, ctx.target.max_time_s))
     model.to("cpu")
-    costs.update({"latency_ms": lat.median_ms, "size_mb": shipped.size_mb})
+    costs.update({"latency_ms": lat.median_ms, "size_mb": shipped.size_mb, **_cost(lat.median_ms, ctx)})
     return Preview(costs, deployed=plan.previews_deployment)
 
 
@@ -106,15 +110,38 @@ def deployed_metrics(shipped: Deployment, ctx: TrialContext) -> dict[str, float 
         lat = measure_side_by_side({"trial": run, **reference}, ctx.example_batch(), device=dev,
                                    batch_size=t.batch_size, threads=shipped.threads,
                                    max_time_s=t.max_time_s * (1 + len(reference)))
-    metrics = {**_throughput(run, ctx, shipped.threads), "accuracy": acc,
+    metrics = {**_throughput(run, ctx, shipped.threads), **_energy(run, ctx, shipped.threads), "accuracy": acc,
                "test_accuracy": evaluate(run, make_loader(ctx.data.test, ctx.eval_batch_size, shuffle=False), dev),
                # rounded: 0.40 - 0.35 is 0.05000000000000002 in floats, which broke 'accuracy_drop <= 0.05'
                "accuracy_drop": round(ctx.baseline_metrics.get("accuracy", acc) - acc, 12),
                "latency_ms": lat["trial"].median_ms, "latency_iqr_ms": lat["trial"].iqr_ms,
                "latency_runs": float(lat["trial"].runs), "peak_memory_mb": peak.mb,
-               "size_mb": shipped.size_mb, "size_compressed_mb": shipped.compressed_size_mb}
+               "size_mb": shipped.size_mb, "size_compressed_mb": shipped.compressed_size_mb,
+               **_cost(lat["trial"].median_ms, ctx)}
     metrics.update(_ratios(lat, shipped, ctx))
     return metrics
+
+
+def _cost(latency_ms: float, ctx: TrialContext) -> dict[str, float]:
+    """Dollars per 1000 inferences at the latency measurement's throughput, where the study
+    gives a price per device-hour."""
+    t = ctx.target
+    return {"cost_usd_per_1k": cost_usd_per_1k(t.price_per_hour, latency_ms, t.batch_size)} \
+        if t.price_per_hour else {}
+
+
+def _energy(run: nn.Module, ctx: TrialContext, threads: int) -> dict[str, float]:
+    """Energy per inference from the target's hardware counters, where the study uses it
+    (validation made sure a counter exists; one that fails now fails the trial, with why)."""
+    t = ctx.target
+    if not t.energy:
+        return {}
+    try:
+        e = measure_energy(run, ctx.example_batch(), counters=counters.open_counters(t.device), device=t.device,
+                           batch_size=t.batch_size, threads=threads)
+    except counters.CounterError as exc:
+        raise TrialFailed(f"energy_mj cannot be measured: {exc}") from None
+    return {"energy_mj": e.median_mj, "energy_iqr_mj": e.iqr_mj, "energy_runs": float(e.windows)}
 
 
 def _ratios(lat: dict, shipped: Deployment, ctx: TrialContext) -> dict[str, float]:
