@@ -5,17 +5,20 @@
 
 (a) Latency of the baseline model on the device per number format (fp32, fp16, bf16) at
     batch 1 and batch 32: median, IQR and timed runs from ``measure_latency`` (what trials
-    use; CUDA-synchronized), and peak inference memory (CUDA max allocated).
+    use; CUDA-synchronized), peak inference memory (CUDA max allocated), and energy per
+    inference from ``measure_energy`` (NVML's total-energy counter on a GPU, RAPL on a CPU;
+    median over counter windows of at least 1 s, IQR, windows), or why it is n/a.
 (b) A small study with one worker: fine-tuned on the device (AMP off/bf16/fp16 searched),
     latency measured on the same device, quantization mode in none/fp16/bf16 (int8 torch.ao
-    kernels are CPU-only), structured pruning searched. Prints one row per trial (policy,
-    accuracy, latency with IQR and runs, peak memory, where it was measured), the wall time and
-    trials per hour.
+    kernels are CPU-only), structured pruning searched; energy_mj is a third objective where
+    the device has an energy counter. Prints one row per trial (policy, accuracy, latency with
+    IQR and runs, peak memory, energy, where it was measured), the wall time and trials per hour.
 (c) The table of ``benchmarks/formats_latency.py`` on the device: every number format
     (torch.ao and torchao, fp8 and int4 where the GPU has kernels), eager and torch.compile.
 
 With ``--device cpu`` it runs the same code on the CPU (a smoke check of the script; the
-figures for docs/BENCHMARKS.md come from a GPU).
+figures for docs/BENCHMARKS.md come from a GPU). Everything printed is also written to
+``--tables`` (default ``<out>/tables.md``), so a short GPU lease leaves its tables behind.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from autocompress.spec.config import spec_from_dict  # noqa: E402
+from autocompress.metrics.counters import CounterError, energy_unavailable, open_counters  # noqa: E402
+from autocompress.metrics.energy import measure_energy  # noqa: E402
 from autocompress.metrics.latency import measure_latency  # noqa: E402
 from autocompress.metrics.memory import track_peak_memory  # noqa: E402
 from autocompress.search.record import read_all  # noqa: E402
@@ -60,10 +65,34 @@ def device_name(device: torch.device) -> str:
     return cpu_name()
 
 
+TABLES: list[Path] = []   # where say() also writes
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+    for path in TABLES:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+
+def energy_cell(model: torch.nn.Module, example: torch.Tensor, device: torch.device, batch: int) -> str:
+    """Energy per inference (mJ per sample, IQR, counter windows), or n/a where there is no counter."""
+    if energy_unavailable(str(device)):
+        return "n/a"
+    try:
+        e = measure_energy(model, example, counters=open_counters(device), device=str(device), batch_size=batch)
+    except CounterError as exc:   # a counter that stalls or runs backwards
+        return f"fails: {exc}"
+    return f"{e.median_mj:.4g} (±{e.iqr_mj:.2g}, {e.windows} windows of {e.seconds / e.windows:.1f} s)"
+
+
 def format_latency(model: torch.nn.Module, example: torch.Tensor, device: torch.device) -> None:
-    print(f"\n(a) baseline latency by number format on {device_name(device)} ({device})\n")
-    print("| format | batch | median ms | IQR ms | runs | peak memory MB |")
-    print("|---|---:|---:|---:|---:|---:|")
+    say(f"\n(a) baseline latency by number format on {device_name(device)} ({device})\n")
+    reason = energy_unavailable(str(device))
+    if reason:
+        say(f"energy per inference is n/a here: {reason}\n")
+    say("| format | batch | median ms | IQR ms | runs | peak memory MB | energy mJ/sample |")
+    say("|---|---:|---:|---:|---:|---:|---:|")
     for fmt in ("fp32", "fp16", "bf16"):
         m = copy.deepcopy(model).eval()
         if fmt != "fp32":  # as quantization.mode fp16/bf16 deploys it
@@ -73,11 +102,12 @@ def format_latency(model: torch.nn.Module, example: torch.Tensor, device: torch.
             try:
                 with track_peak_memory(device) as peak:
                     lat = measure_latency(m, example, device=device, batch_size=batch, threads=1, max_time_s=2.0)
+                joules = energy_cell(m, example, device, batch)
             except RuntimeError as exc:  # e.g. a format without kernels on this device
-                print(f"| {fmt} | {batch} | fails: {str(exc).splitlines()[0][:80]} | | | |")
+                say(f"| {fmt} | {batch} | fails: {str(exc).splitlines()[0][:80]} | | | | |")
                 continue
             mem = f"{peak.mb:.1f}" if peak.mb is not None else "n/a"
-            print(f"| {fmt} | {batch} | {lat.median_ms:.3f} | {lat.iqr_ms:.3f} | {lat.runs} | {mem} |")
+            say(f"| {fmt} | {batch} | {lat.median_ms:.3f} | {lat.iqr_ms:.3f} | {lat.runs} | {mem} | {joules} |")
 
 
 def study(args: argparse.Namespace) -> None:
@@ -86,18 +116,21 @@ def study(args: argparse.Namespace) -> None:
         else {"torchvision": args.model},
         "data": {"builtin": "digits"}, "search_space": SPACE,
         "objectives": [{"metric": "accuracy", "direction": "maximize"},
-                       {"metric": "latency_ms", "direction": "minimize"}],
+                       {"metric": "latency_ms", "direction": "minimize"}]
+        + ([] if energy_unavailable(args.device) else [{"metric": "energy_mj", "direction": "minimize"}]),
         "budget": {"trials": args.trials, "epochs": 2}, "baseline": {"epochs": 5},
         "device": args.device, "target": {"device": args.device, "batch_size": 1, "threads": 1},
         "sampler": "tpe", "seed": 0, "warm_start": {"recipes": False},
     }
     spec = spec_from_dict(raw, "benchmarks/gpu_study.py")
-    print(f"\n(b) {args.trials}-trial study, 1 worker, fine-tuned and measured on {args.device}\n")
+    say(f"\n(b) {args.trials}-trial study, 1 worker, fine-tuned and measured on {args.device}"
+        f" (objectives: {', '.join(spec.metric_names)})\n")
     start = time.time()
     run = run_study(spec, out=args.out, log=lambda m: None)
     wall = time.time() - start
-    print("| trial | state | policy | amp | accuracy | latency ms (IQR, runs) | peak MB | measured on |")
-    print("|---:|---|---|---|---:|---|---:|---|")
+    say("| trial | state | policy | amp | accuracy | latency ms (IQR, runs) | peak MB | energy mJ (IQR, windows) "
+        "| measured on |")
+    say("|---:|---|---|---|---:|---|---:|---|---|")
     records = [r for r in read_all(run.study) if not r.baseline]
     for r in records:
         m, on = r.metrics, r.measured_on
@@ -106,11 +139,13 @@ def study(args: argparse.Namespace) -> None:
                if m.get("latency_ms") is not None else r.reason[:60])
         acc = f"{m['accuracy']:.4f}" if "accuracy" in m else ""
         peak = f"{m['peak_memory_mb']:.1f}" if m.get("peak_memory_mb") is not None else ""
-        print(f"| {r.number} | {r.state.name} | {r.policy_summary} | {amp} | {acc} | "
-              f"{lat} | {peak} | {on.device_name if on else ''} ({on.device if on else ''}) |")
+        joules = (f"{m['energy_mj']:.4g} ({m['energy_iqr_mj']:.2g}, {int(m['energy_runs'])})"
+                  if m.get("energy_mj") is not None else "n/a")
+        say(f"| {r.number} | {r.state.name} | {r.policy_summary} | {amp} | {acc} | "
+            f"{lat} | {peak} | {joules} | {on.device_name if on else ''} ({on.device if on else ''}) |")
     done = len(records)
-    print(f"\n{done} trials in {wall:.1f} s (baseline training included) -> {done / wall * 3600:.0f} trials/hour; "
-          f"torch {torch.__version__}")
+    say(f"\n{done} trials in {wall:.1f} s (baseline training included) -> {done / wall * 3600:.0f} trials/hour; "
+        f"torch {torch.__version__}")
 
 
 def main() -> None:
@@ -119,7 +154,13 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--model", default="digits_cnn", help="digits_cnn, or a torchvision model name for (a)")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-gpu")
+    ap.add_argument("--tables", type=Path, default=None, help="also write every table here (default <out>/tables.md)")
+    ap.add_argument("--no-compile", action="store_true", help="(c) without torch.compile (a quicker rehearsal)")
     args = ap.parse_args()
+    tables = args.tables or args.out / "tables.md"
+    tables.parent.mkdir(parents=True, exist_ok=True)
+    tables.write_text(f"# benchmarks/gpu_study.py --device {args.device} --trials {args.trials}\n", encoding="utf-8")
+    TABLES.append(tables)
     import warnings
 
     import optuna
@@ -141,8 +182,9 @@ def main() -> None:
     # (c) every number format, torch.ao and torchao, eager and torch.compile, side by side with fp32
     from formats_latency import table
 
-    print(f"\n(c) number formats on {device_name(device)}, side by side with fp32 eager\n")
-    print(table(str(device), ["mlp", "resnet18"], [1, 32], compile_too=True, max_time=0.5))
+    say(f"\n(c) number formats on {device_name(device)}, side by side with fp32 eager\n")
+    say(table(str(device), ["mlp", "resnet18"], [1, 32], compile_too=not args.no_compile, max_time=0.5))
+    print(f"\ntables written to {tables}")
 
 
 if __name__ == "__main__":
