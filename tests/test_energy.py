@@ -235,6 +235,30 @@ def test_cost_per_1k_inferences_from_throughput_and_price():
     assert format_measured("cost_usd_per_1k", {"cost_usd_per_1k": 0.000688889}) == "0.0006889"
 
 
+def test_cost_is_judged_before_training_like_latency():
+    from autocompress.search.prescreen import prescreen_func
+    from autocompress.spec.policy import Policy
+    from autocompress.trial.plan import TrialPlan
+    from autocompress.trial.result import Preview
+
+    from test_efficiency import _done, _row, _stop
+
+    target = {"device": "cpu", "price_per_hour": 2.48}
+    plan = TrialPlan(Policy())
+    assert "cost_usd_per_1k" in plan.final_after_compress()
+    check = prescreen_func(spec_from_dict(tiny_study(target=target, constraints=["cost_usd_per_1k <= 0.001"]),
+                                          "s.yaml"), plan)
+    assert "cost_usd_per_1k = 0.002 already breaks 'cost_usd_per_1k <= 0.001'" in check(
+        Preview({"cost_usd_per_1k": 0.002})).reason
+    assert not check(Preview({"cost_usd_per_1k": 0.0005})).stops
+    spec = spec_from_dict(tiny_study(objectives=COST, target=target, early_stopping={"rule": "dominated"}), "s.yaml")
+    study = optuna.create_study(directions=spec.directions)
+    _done(study, [0.9, 0.95, 0.97], {"cost_usd_per_1k": 0.001})
+    rule = _stop()(spec, study)
+    assert "dominated at epoch 1" in rule(1, _row(1, 0.5), Preview({"cost_usd_per_1k": 0.001}))
+    assert rule(1, _row(1, 0.5), Preview({"cost_usd_per_1k": 0.0005})) is None   # cheaper: kept
+
+
 def test_a_study_searching_on_cost_runs_end_to_end(write_study, tmp_path):
     target = {**tiny_study()["target"], "price_per_hour": 2.48}
     run_dir = tmp_path / "run"
