@@ -86,6 +86,7 @@ class StructuredPruning(PruningBase):
 
     def _record_coupled(self, done: Cuts, scope: Scope | None = None, untraced: dict[str, str] | None = None) -> None:
         self.facts.update(engine="torch-pruning", criterion=self.p.criterion, protected=list(done.protected),
+                          allocation=self.p.allocation,
                           layer_ratios={c.root: round(c.ratio, 4) for c in done.groups},
                           groups={c.root: {"layers": list(c.layers), "channels": [c.width, c.width - len(c.remove)]}
                                   | ({"heads": list(c.heads)} if c.heads else {}) for c in done.groups},
@@ -101,7 +102,9 @@ class StructuredPruning(PruningBase):
         shrink(model, masks, example)
         self.facts.update(engine="nni", criterion=self.p.criterion, protected=list(self.plan.protected),
                           coupled_to_protected=list(self.plan.coupled),
-                          layer_ratios={n: round(r, 4) for n, r in self.plan.ratios.items()})
+                          layer_ratios={n: round(r, 4) for n, r in self.plan.ratios.items()},
+                          allocation=self.p.allocation if self.p.allocation != "global" else
+                          "uniform (NNI, the fallback engine, has no global ranking across layers)")
 
     def _record_widths(self, model: nn.Module, before: dict[str, int], params_before: int) -> None:
         after = out_widths(model)
