@@ -225,3 +225,17 @@ def test_bad_per_layer_knobs_are_refused_before_anything_is_written(write_study,
     assert str(study) in line and field in line and words in line, result.output
     assert not run.exists()
     assert yaml.safe_load(study.read_text())   # the study file is untouched
+
+
+def test_the_per_layer_warm_start_is_enqueued_only_where_the_space_has_the_knobs():
+    from autocompress.search.warm_start import RECIPES, warm_start_params
+    from autocompress.spec.space import parse_space
+
+    recipe = RECIPES["structured-l1-50-by-sensitivity+static-int8-top1-float"]
+    base = {"pruning": {"method": {"choices": ["none", "structured"]}, "ratio": {"low": 0.1, "high": 0.6}},
+            "quantization": {"mode": {"choices": ["none", "static_int8"]}}}
+    assert warm_start_params(parse_space(base, "s.yaml"), recipe) is None
+    base["pruning"]["allocation"] = {"choices": ["uniform", "sensitivity"]}
+    base["quantization"]["keep_float_top_k"] = {"choices": [0, 1]}
+    params = warm_start_params(parse_space(base, "s.yaml"), recipe)
+    assert params["pruning.allocation"] == "sensitivity" and params["quantization.keep_float_top_k"] == 1

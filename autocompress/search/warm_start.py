@@ -1,6 +1,7 @@
 """Warm starts: the standard recipes and the user's own policies, enqueued once right after
 the baseline so the front is never worse than these (``warm_start`` in the study file). A
-recipe the search space cannot express is skipped."""
+recipe the search space cannot express is skipped (the per-layer one where the space has no
+per-layer knobs)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "structured-fpgm-30+qat-int8": {
         "pruning": {"method": "structured", "criterion": "fpgm", "ratio": 0.3},
         "quantization": {"mode": "qat_int8"},
+    },
+    # from the study's sensitivity pass (enqueued only where the space has the per-layer knobs)
+    "structured-l1-50-by-sensitivity+static-int8-top1-float": {
+        "pruning": {"method": "structured", "criterion": "l1", "ratio": 0.5, "allocation": "sensitivity"},
+        "quantization": {"mode": "static_int8", "keep_float_top_k": 1},
     },
 }
 
