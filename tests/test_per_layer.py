@@ -239,3 +239,12 @@ def test_the_per_layer_warm_start_is_enqueued_only_where_the_space_has_the_knobs
     base["quantization"]["keep_float_top_k"] = {"choices": [0, 1]}
     params = warm_start_params(parse_space(base, "s.yaml"), recipe)
     assert params["pruning.allocation"] == "sensitivity" and params["quantization.keep_float_top_k"] == 1
+
+
+def test_the_policy_summary_names_the_per_layer_knobs():
+    from autocompress.trial.plan import describe
+
+    policy = Policy.from_dict({"pruning": {"method": "structured", "ratio": 0.4, "allocation": "sensitivity",
+                                           "ratio_stage4": 0.7},
+                               "quantization": {"mode": "static_int8", "keep_float_top_k": 1}})
+    assert describe(policy) == "structured l1 40% by sensitivity stages -/-/-/70% + static_int8 top1 float"
