@@ -1,11 +1,12 @@
 """The trial budget, shared by every worker of a study.
 
 Each new trial is created (``study.ask``, which pops a waiting retry or warm start first)
-under a lock held across workers — a file lock for SQLite, a PostgreSQL advisory lock for
-PostgreSQL — after counting finished and running trials. So N workers finish exactly the
-budget, with no trial run twice or lost. Trials of a worker that died are failed by
-Optuna's heartbeat after the grace period and re-enqueued by
-``RetryHeartbeatStaleTrialCallback``; they do not use up budget.
+under a lock held across workers — a PostgreSQL advisory lock for PostgreSQL, a file lock
+beside the database file for SQLite — after counting finished and running trials. So N
+workers finish exactly the budget, with no trial run twice or lost. Trials of a worker that
+died are failed by Optuna's heartbeat after the grace period and re-enqueued by
+``RetryHeartbeatStaleTrialCallback``; they do not use up budget. Why Optuna's own
+``MaxTrialsCallback`` cannot replace the lock: docs/ARCHITECTURE.md, "Exact budget".
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import optuna
 from filelock import FileLock
 from optuna.trial import TrialState
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from autocompress.search.record import read_all
 
@@ -55,8 +57,16 @@ def budget_lock(study: optuna.Study, storage_url: str, run_dir: Path) -> Iterato
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 conn.commit()
         return
-    with FileLock(str(run_dir / ".budget.lock")):
+    with FileLock(str(_lock_file(storage_url, run_dir))):
         yield
+
+
+def _lock_file(storage_url: str, run_dir: Path) -> Path:
+    """Next to the SQLite file: workers of a local cluster each have their own run directory,
+    but they share the database (the default database lies in the run directory itself)."""
+    database = make_url(storage_url).database if storage_url.startswith("sqlite") else None
+    folder = Path(database).parent if database and database != ":memory:" else run_dir
+    return folder / ".budget.lock"
 
 
 @contextlib.contextmanager

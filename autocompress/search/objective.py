@@ -31,7 +31,7 @@ from autocompress.trial.context import TrialContext
 from autocompress.trial.plan import TrialPlan
 from autocompress.trial.result import Stopped, TrialResult
 from autocompress.trial.run import run_trial
-from autocompress.utils import error_line
+from autocompress.utils import error_line, file_hashes
 
 
 @dataclass(frozen=True)
@@ -131,4 +131,4 @@ def _save_model(run: StudyRun, trial: optuna.Trial, result: TrialResult) -> None
         return
     folder = f"trials/{trial.number}"
     if save_trial_model(result, run.run_dir / folder, spec=run.spec, data=run.ctx.data) is not None:
-        record.write_model_dir(trial, folder)
+        record.write_model_dir(trial, folder, file_hashes(run.run_dir / folder))

@@ -32,7 +32,7 @@ _PREVIEW_REMEASURED = "preview_remeasured"
 _PRESCREENED, _STOPPED_EARLY = "prescreened", "stopped_early"
 _FAIL_REASON, _TRACEBACK, _INTERRUPTED, _KNOWN_AS = "fail_reason", "traceback", "interrupted", "failure_known_as"
 _WARM_START, _STRUCTURE_KEY, _COST_KEY = "warm_start", "structure_key", "cost_key"
-_WORKER_PID, _WALL_S, _MODEL_DIR = "worker_pid", "wall_s", "model_dir"
+_WORKER_PID, _WALL_S, _MODEL_DIR, _MODEL_FILES = "worker_pid", "wall_s", "model_dir", "model_files_sha256"
 _STOP_ATTRS = {"prescreen": _PRESCREENED, "early_stopping": _STOPPED_EARLY}
 
 
@@ -69,6 +69,7 @@ class TrialRecord:
     structure_key: str | None = None
     cost_key: str | None = None
     model_dir: str | None = None
+    model_files: Mapping[str, str] = field(default_factory=dict)   # path in model_dir -> SHA-256
     worker_pid: int | None = None
     wall_s: float | None = None
     started: datetime | None = None
@@ -116,6 +117,7 @@ def read(t: FrozenTrial) -> TrialRecord:
         traceback=a.get(_TRACEBACK), stop=_read_stop(a), interrupted=bool(a.get(_INTERRUPTED)),
         known_as=_read_key(a.get(_KNOWN_AS)), warm_start=a.get(_WARM_START),
         structure_key=a.get(_STRUCTURE_KEY), cost_key=a.get(_COST_KEY), model_dir=a.get(_MODEL_DIR),
+        model_files=dict(a.get(_MODEL_FILES) or {}),
         worker_pid=a.get(_WORKER_PID), wall_s=a.get(_WALL_S), started=t.datetime_start, finished=t.datetime_complete)
 
 
@@ -209,8 +211,16 @@ def write_wall(trial: optuna.Trial, seconds: float) -> None:
     trial.set_user_attr(_WALL_S, round(seconds, 3))
 
 
-def write_model_dir(trial: optuna.Trial, folder: str) -> None:
+def write_model_dir(trial: optuna.Trial, folder: str, hashes: Mapping[str, str]) -> None:
+    """Where the trial's model files are (relative to the run directory) and their SHA-256."""
     trial.set_user_attr(_MODEL_DIR, folder)
+    trial.set_user_attr(_MODEL_FILES, dict(hashes))
+
+
+def model_files(trial: optuna.Trial) -> tuple[str | None, dict[str, str]]:
+    """What ``write_model_dir`` recorded for a running trial: (folder or None, hashes)."""
+    attrs = trial.user_attrs
+    return attrs.get(_MODEL_DIR), dict(attrs.get(_MODEL_FILES) or {})
 
 
 def baseline_trial(metrics: Mapping[str, float], *, values: list[float], constraints: Mapping[str, float]

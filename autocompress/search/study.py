@@ -40,7 +40,7 @@ from autocompress.trial.context import KnownFailure
 from autocompress.trial.sensitivity import load_or_measure
 from autocompress.utils import atomic_write_text, optuna_experimental, redact_url
 
-__all__ = ["Placement", "StudyRun", "optimize", "prepare", "run_study", "spec_from_storage"]
+__all__ = ["Placement", "StudyRun", "optimize", "prepare", "remove_fresh", "run_study", "spec_from_storage"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class Placement:
     device: str | None = None       # training device (None: the study's ``device``)
     threads: int | None = None
     worker_index: int = 0
+    where: tuple[str, str] = ("", "")   # (node, GPU) a cluster placed the worker on, for measured_on
 
 
 def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = None,
@@ -57,7 +58,7 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
     """Validate everything that can be validated (devices, run directory, storage URL, data,
     model, checkpoint, existing study) before a run directory is written, then open or create
     the study and baseline."""
-    check_devices(spec, placement.device, local_workers=create)
+    check_devices(spec, placement.device, local_workers=create and placement.device is None)
     run_dir = Path(out) if out else default_run_dir(spec.name)
     check_out_dir(run_dir, "--out" if out else "run directory")
     if storage:
@@ -74,7 +75,7 @@ def prepare(spec: StudySpec, *, out: Path | None = None, storage: str | None = N
     check_per_layer(spec, space, teacher, log)
     if all(k.distribution is None for k in space.knobs):
         log("warning: the search space fixes every knob: each trial runs the same policy (with its own seed)")
-    ctx = trial_context(spec, data, teacher, device=placement.device)
+    ctx = replace(trial_context(spec, data, teacher, device=placement.device), where=placement.where)
     failures: dict[str, KnownFailure] = {}
     learned = lambda: [Rule(f.knobs, f.reason) for f in failures.values()]  # noqa: E731
     study, url = _open_study(spec, space, run_dir, storage, create=create,
@@ -121,7 +122,7 @@ def _open_study(spec: StudySpec, space: SearchSpace, run_dir: Path, storage: str
             study.set_metric_names(spec.metric_names)
     except BaseException:
         if fresh_dir:
-            _remove_fresh(run_dir, kept)
+            remove_fresh(run_dir, kept)
         raise
     info = record.StudyInfo(model=spec.model.reference, data=spec.data.reference,
                             objectives=tuple(f"{o.direction} {o.metric}" for o in spec.objectives),
@@ -148,7 +149,7 @@ def spec_from_storage(study_name: str, storage: str) -> StudySpec:
     return spec_from_dict(yaml.safe_load(info.study_yaml), info.study_source or f"{study_name} (from storage)")
 
 
-def _remove_fresh(run_dir: Path, kept: set[str] | None) -> None:
+def remove_fresh(run_dir: Path, kept: set[str] | None) -> None:
     """Undo a failed creation: the run directory when this run made it, else only the entries
     that were not there before (``kept``)."""
     if kept is None:

@@ -57,6 +57,7 @@ class TrialContext:
     seed: int = 0
     eval_batch_size: int = 256
     base_dir: Path | None = None              # the study file's folder: paths in policies resolve against it
+    where: tuple[str, str] = ("", "")         # (node, GPU) a cluster placed this worker on; recorded in measured_on
     # Called with the preview costs of the compressed, untrained model: stop before training
     # (a hard constraint already broken), go on, or measure again (a decision within noise).
     prescreen: Callable[[Preview], Screen] | None = None

@@ -47,11 +47,19 @@ class MeasuredOn:
     torch: str = ""
     train_device: str = ""
     host: str = ""
+    node: str = ""          # the cluster node that ran the trial (its Ray node address); "" off a cluster
+    gpu: str = ""           # the GPU the cluster gave the worker (its index on the node); "" without one
+
+    @property
+    def placed_on(self) -> str:
+        """Where a cluster ran the trial ("node 10.0.0.3 GPU 1"); "" off a cluster."""
+        return f"node {self.node}" + (f" GPU {self.gpu}" if self.gpu else "") if self.node else ""
 
     @classmethod
-    def here(cls, *, device: str, threads: int | None, batch_size: int, train_device: str) -> "MeasuredOn":
+    def here(cls, *, device: str, threads: int | None, batch_size: int, train_device: str,
+             where: tuple[str, str] = ("", "")) -> "MeasuredOn":
         name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
-        return cls(device, name, threads, batch_size, torch.__version__, train_device, platform.node())
+        return cls(device, name, threads, batch_size, torch.__version__, train_device, platform.node(), *where)
 
 
 @dataclass(frozen=True)

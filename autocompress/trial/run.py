@@ -72,7 +72,7 @@ def run_trial(policy: Policy, ctx: TrialContext, *, keep_model: bool = True) -> 
     proof.update(runtime=runtime_proof, size_before_mb=ctx.baseline_metrics.get("size_mb"),
                  size_after_mb=metrics["size_mb"])
     where = MeasuredOn.here(device=ctx.target.device, threads=shipped.threads,
-                            batch_size=ctx.target.batch_size, train_device=str(ctx.device))
+                            batch_size=ctx.target.batch_size, train_device=str(ctx.device), where=ctx.where)
     return TrialResult(policy=policy, metrics=metrics, proof=proof, history=tuple(fit.history),
                        timings=laps.timings, measured_on=where, preview=preview.value, epochs_run=fit.epochs_run,
                        model=model if keep_model else None, deployment=shipped if keep_model else None)
