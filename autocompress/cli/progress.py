@@ -14,21 +14,24 @@ from autocompress.search.record import read_all
 
 
 class SearchProgress:
-    def __init__(self, run, *, budget: int | None, timeout: float | None, console: Console) -> None:
-        self.run = run
+    """``placed``: also one line per complete trial with the node and GPU that ran it (a
+    cluster search, whose trials run on other machines)."""
+
+    def __init__(self, study: optuna.Study, *, budget: int | None, timeout: float | None, console: Console,
+                 placed: bool = False) -> None:
         self.budget = budget
+        self.placed = placed
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
             console=console, transient=False,
         )
-        self.done0 = budget_used(run.study)
-        self.reported = {t.number for t in run.study.get_trials(deepcopy=False)
-                         if t.state in (TrialState.FAIL, TrialState.PRUNED)}
+        self.done0 = budget_used(study)
+        self.reported = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
         # a budget already met (re-running a finished study) shows as done, not as 8/6
         total = max(budget, self.done0) if budget is not None else None
         self.task = self.progress.add_task("trials", total=total, completed=self.done0,
-                                           info=self._info(run.study))
+                                           info=self._info(study))
 
     def __enter__(self) -> "SearchProgress":
         self.progress.start()
@@ -51,12 +54,16 @@ class SearchProgress:
     def on_trial_end(self, study: optuna.Study, trial: FrozenTrial | None = None) -> None:
         """Optuna callback (or a poll, when workers run in other processes): new failures
         get one line each, the bar and its info are refreshed from the storage."""
-        for r in read_all(study, (TrialState.FAIL, TrialState.PRUNED)):
-            if r.number in self.reported:
+        for r in read_all(study, (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
+            if r.number in self.reported or r.baseline:
                 continue
             self.reported.add(r.number)
             if r.state == TrialState.FAIL and r.fail_reason:
                 self.progress.console.print(f"trial {r.number} failed: {r.fail_reason}", highlight=False)
             elif r.state == TrialState.PRUNED:
                 self.progress.console.print(f"trial {r.number} pruned: {r.reason}", highlight=False)
+            elif r.state == TrialState.COMPLETE and self.placed and r.measured_on:
+                values = ", ".join(f"{m} {v:.4g}" for m, v in zip(study.metric_names or (), r.values or ()))
+                self.progress.console.print(f"trial {r.number} complete on {r.measured_on.placed_on or r.measured_on.host}"
+                                            f": {values}", highlight=False)
         self.progress.update(self.task, completed=budget_used(study), info=self._info(study))

@@ -43,6 +43,18 @@ def print_summary(study, name: str) -> None:  # noqa: ANN001 (an optuna.Study; i
                           "per-round ratios ± their IQR", highlight=False)
 
 
+def print_placements(study) -> None:  # noqa: ANN001 (an optuna.Study)
+    """Which node and GPU of a cluster ran which complete trials (nothing off a cluster)."""
+    from autocompress.search.record import read_all
+
+    by_place: dict[str, list[int]] = {}
+    for r in read_all(study):
+        if r.measured_on is not None and r.measured_on.placed_on:
+            by_place.setdefault(r.measured_on.placed_on, []).append(r.number)
+    for place, numbers in sorted(by_place.items()):
+        out_console.print(f"{place}: {len(numbers)} trial(s) ({', '.join(map(str, numbers))})", highlight=False)
+
+
 @dataclass(frozen=True)
 class StatusOptions:
     study: StudyArg
@@ -69,6 +81,7 @@ def status(o: StatusOptions) -> None:
     for r in [r for r in records if r.fail_reason][-5:]:
         out_console.print(f"  trial {r.number} failed: {r.fail_reason}", highlight=False)
     print_summary(res.study, res.study.study_name)
+    print_placements(res.study)
 
 
 @dataclass(frozen=True)

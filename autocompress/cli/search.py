@@ -13,7 +13,7 @@ import typer
 
 from autocompress.cli.app import Verbose, command, console, duration, out_console, say, setup_logging
 from autocompress.cli.read import print_summary
-from autocompress.errors import AutocompressError
+from autocompress.errors import AutocompressError, ConfigError
 
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default: runs/<study name>).")]
 
@@ -29,7 +29,18 @@ class SearchOptions:
                                                         "(overrides budget.timeout).")] = None
     workers: Annotated[Optional[int], typer.Option(
         min=1, max=256, help="Worker processes on this machine, one per GPU (default: one per entry of the study's "
-                             "devices:, else 1); on a CPU the cores are split between them.")] = None
+                             "devices:, else 1); on a CPU the cores are split between them. With --cluster: "
+                             "workers on the cluster (default: as many as it can place).")] = None
+    cluster: Annotated[Optional[str], typer.Option(help=(
+        "Run the workers on a Ray cluster, one per GPU: 'ray' (a local Ray instance started for the run), 'auto' "
+        "(RAY_ADDRESS, else the cluster running here), 'ray://host:port' or a head node's host:port. "
+        "Needs pip install 'autocompress[ray]'."))] = None
+    cpus_per_worker: Annotated[Optional[int], typer.Option(
+        min=1, help="With --cluster: CPUs each worker holds (and its torch threads); on a cluster without GPUs "
+                    "this decides how many workers fit. Default 1.")] = None
+    worker_dir: Annotated[Optional[str], typer.Option(
+        help="With --cluster: the folder on each node where workers keep their own run directories (default: a "
+             "temporary folder, removed when the worker ends).")] = None
     verbose: Verbose = 0
 
 
@@ -43,11 +54,19 @@ def search(o: SearchOptions) -> None:
     from autocompress.spec.config import load_study_spec
 
     timeout_s = duration(o.timeout, "--timeout")
+    if o.cluster is None:
+        for name, value in (("--cpus-per-worker", o.cpus_per_worker), ("--worker-dir", o.worker_dir)):
+            if value is not None:
+                raise ConfigError(None, name, "only with --cluster")
     spec = load_study_spec(o.study_file)
+    if o.cluster is not None:
+        from autocompress.cli.cluster import search_on_cluster
+
+        return search_on_cluster(o, spec, timeout_s)
     run = prepare(spec, out=o.out, storage=o.storage, log=say)
     budget = o.trials or spec.budget.trials
     workers = o.workers or (len(spec.devices) if spec.devices else 1)
-    with SearchProgress(run, budget=budget, timeout=timeout_s or spec.budget.timeout, console=console) as bar:
+    with SearchProgress(run.study, budget=budget, timeout=timeout_s or spec.budget.timeout, console=console) as bar:
         if workers == 1:
             optimize(run, n_trials=budget, timeout=timeout_s, on_trial_end=bar.on_trial_end)
         else:
