@@ -247,3 +247,18 @@ def test_local_cluster_workers_share_the_budget_lock_beside_the_sqlite_file(tmp_
     run_dir = tmp_path / "worker-run"
     assert _lock_file(f"sqlite:///{tmp_path}/driver/study.db", run_dir) == tmp_path / "driver" / ".budget.lock"
     assert _lock_file("sqlite://", run_dir) == run_dir / ".budget.lock"
+
+
+def test_sqlite_is_refused_only_where_the_cluster_cannot_open_it():
+    from autocompress.errors import ConfigError
+    from autocompress.search.cluster import check_shared_storage, parse_cluster
+
+    sqlite, where = "sqlite:////tmp/run/study.db", (None, "storage")
+    check_shared_storage(parse_cluster("ray"), sqlite, where)                        # a local instance
+    check_shared_storage(parse_cluster("auto"), sqlite, where)                       # not known before connecting
+    check_shared_storage(parse_cluster("auto"), sqlite, where, only_this_node=True)  # a cluster of this machine alone
+    with pytest.raises(ConfigError, match="^storage: .*other nodes of the cluster auto"):
+        check_shared_storage(parse_cluster("auto"), sqlite, where, only_this_node=False)
+    with pytest.raises(ConfigError, match="cannot open"):
+        check_shared_storage(parse_cluster("ray://head:10001"), sqlite, where)     # a Ray client is off the cluster
+    check_shared_storage(parse_cluster("ray://head:10001"), "postgresql://u@db/x", where)

@@ -37,7 +37,7 @@ def search_on_cluster(o, spec: StudySpec, timeout_s: float | None) -> None:  # n
     try:
         cpus = o.cpus_per_worker or 1
         cap = capacity(ray, cpus, client=cluster.client)
-        check_shared_storage(cluster, url, where, single_local_node=cap.only_this_node)
+        check_shared_storage(cluster, url, where, only_this_node=cap.only_this_node)
         workers = workers_to_place(o.workers, cap)
         budget = o.trials or spec.budget.trials
         search = ClusterSearch(ray, _job(spec, url, budget, timeout_s, o), run_dir, name=spec.name,

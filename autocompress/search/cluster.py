@@ -63,10 +63,14 @@ def import_ray() -> Any:
 
 
 def check_shared_storage(cluster: Cluster, url: str, where: tuple[str | None, str], *,
-                         single_local_node: bool = False) -> None:
+                         only_this_node: bool | None = None) -> None:
     """SQLite is a file on the driver's disk: only workers on this machine can open it.
-    ``where``: (study file or None, field or option) the URL came from."""
-    if not url.startswith("sqlite") or cluster.local or (single_local_node and not cluster.client):
+    ``where``: (study file or None, field or option) the URL came from; ``only_this_node``:
+    whether the cluster is this machine alone (None: not connected yet, so only a Ray client
+    address, whose driver is never on the cluster, is refused)."""
+    if not url.startswith("sqlite") or cluster.local:
+        return
+    if not cluster.client and (only_this_node is None or only_this_node):
         return
     raise ConfigError(*where, f"{redact_url(url)} is an SQLite file on this machine, which workers on other "
                                     f"nodes of the cluster {cluster.address} cannot open: give a database URL they "
