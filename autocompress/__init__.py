@@ -34,6 +34,8 @@ _PUBLIC = {
     "TrialResult": "autocompress.trial.result",
     "run_trial": "autocompress.trial.run",
     "run_study": "autocompress.search.study",
+    "ClusterOptions": "autocompress.search.cluster_run",
+    "run_on_cluster": "autocompress.search.cluster_run",
     "load_exported": "autocompress.deploy.artifacts",
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
@@ -22,10 +23,15 @@ from optuna.trial import TrialState
 from autocompress.errors import AutocompressError
 from autocompress.search import record
 from autocompress.search.budget import budget_used, running
+from autocompress.search.cluster import (capacity, check_shared_storage, connect, import_ray, parse_cluster,
+                                         workers_to_place)
 from autocompress.search.cluster_worker import RUN_FILES, ClusterJob, Shipment, TrialWorker
-from autocompress.search.storage import STORAGE_FILE, STUDY_FILE, open_storage
+from autocompress.search.storage import (STORAGE_FILE, STUDY_FILE, check_url, default_run_dir, default_storage_url,
+                                         open_storage)
 from autocompress.search.study import remove_fresh
-from autocompress.utils import atomic_write_bytes, atomic_write_text, error_line
+from autocompress.spec.config import StudySpec, spec_to_yaml
+from autocompress.spec.outputs import check_out_dir
+from autocompress.utils import atomic_write_bytes, atomic_write_text, error_line, redact_url
 
 MAX_RESTARTS = 3     # per worker: Ray restarts a dead worker process, and retries its task, this often
 POLL_S = 1.0
@@ -35,8 +41,9 @@ STRAGGLER_S = 6.0    # once the budget is met and no trial runs, how long worker
 class ClusterSearch:
     """One search on a Ray cluster, seen from the driver."""
 
-    def __init__(self, ray: Any, job: ClusterJob, run_dir: Path, *, name: str, storage_note: str | None) -> None:
-        self.ray, self.job, self.run_dir, self.name = ray, job, Path(run_dir), name
+    def __init__(self, ray: Any, job: ClusterJob, run_dir: Path, *, name: str, storage_note: str | None,
+                 log: Callable[[str], None] = print) -> None:
+        self.ray, self.job, self.run_dir, self.name, self.log = ray, job, Path(run_dir), name, log
         self.storage_note = storage_note   # the URL without its password, for runs/<name>/storage.url
         self.actors: list[Any] = []
         self.pids: dict[int, int] = {}     # worker -> its process id, as its last answer said
@@ -45,7 +52,7 @@ class ClusterSearch:
         self._runs: dict[Any, int] = {}    # pending run() calls -> worker
         self._polls: dict[Any, int] = {}   # pending take() calls -> worker
 
-    def start(self, workers: int, *, gpus: bool, log: Callable[[str], None]) -> optuna.Study:
+    def start(self, workers: int, *, gpus: bool) -> optuna.Study:
         """Start the workers; worker 0 creates or opens the study. A failed creation removes
         what it added to the run directory."""
         fresh = not (self.run_dir / STUDY_FILE).exists()
@@ -67,7 +74,7 @@ class ClusterSearch:
                 remove_fresh(self.run_dir, kept)
             raise
         for line in lines:
-            log(line)
+            self.log(line)
         for name, data in created.items():
             path = self.run_dir / name
             if not path.is_file() or path.read_bytes() != data:
@@ -79,9 +86,11 @@ class ClusterSearch:
         self.study = optuna.load_study(study_name=self.name, storage=open_storage(self.job.storage, heartbeat=False))
         return self.study
 
-    def run(self, on_poll: Callable[[optuna.Study], None]) -> list[str]:
-        """Run every worker to the end; returns one line per worker that stopped with an error.
-        Ctrl-C (or any error here) stops the workers and marks their running trials interrupted."""
+    def run(self, on_poll: Callable[[optuna.Study], None] = lambda study: None) -> None:
+        """Run every worker to the end (``on_poll(study)`` about once a second). A worker that
+        stops with an error is one logged line; all of them failing before the budget is met is
+        an error. Ctrl-C (or any error here) stops the workers and marks their running trials
+        interrupted."""
         self._runs = {a.run.remote(self._files_ref): i for i, a in enumerate(self.actors)}
         self._polls = {a.take.remote(POLL_S): i for i, a in enumerate(self.actors)}
         errors: list[str] = []
@@ -105,7 +114,16 @@ class ClusterSearch:
             raise
         self.stop()   # the workers still polled (and any still starting)
         on_poll(self.study)
-        return errors
+        for err in errors:
+            self.log(f"a worker stopped with an error: {err}")
+        budget = self.job.n_trials
+        if errors and len(errors) == len(self.actors) and budget and budget_used(self.study) < budget:
+            raise AutocompressError(f"every worker failed ({errors[0]}); the study is kept, run the same command "
+                                    "to resume")
+
+    def close(self) -> None:
+        """Disconnect from the cluster (a local Ray instance started for the run stops)."""
+        self.ray.shutdown()
 
     def _budget_met(self) -> bool:
         budget = self.job.n_trials
@@ -160,6 +178,66 @@ class ClusterSearch:
                 pass
         if self.study is not None:
             interrupt_trials(self.study, set(self.pids.values()))
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How a study runs on a cluster (``search --cluster``'s options)."""
+    cluster: str = "ray"              # ray | auto | ray://host:port | a head node's host:port
+    workers: int | None = None        # None: as many as the cluster can place
+    cpus_per_worker: int = 1
+    worker_dir: str | None = None     # where workers keep their run directories on their nodes (None: a temp folder)
+    n_trials: int | None = None       # None: the study's budget.trials
+    timeout: float | None = None      # None: the study's budget.timeout
+    ray_logs: bool = False            # show the workers' own logs (Ray forwards them)
+
+
+def open_cluster_search(spec: StudySpec, options: ClusterOptions, *, out: Path | None = None,
+                        storage: str | None = None, log: Callable[[str], None] = print) -> ClusterSearch:
+    """Check everything that can be refused (Ray missing, the address, an SQLite file the
+    cluster cannot open, more workers than it can place) before anything is written, connect,
+    and start the workers with the study created or opened (``ClusterSearch.study``)."""
+    cluster = parse_cluster(options.cluster)
+    import_ray()
+    run_dir = Path(out) if out else default_run_dir(spec.name)
+    check_out_dir(run_dir, "--out" if out else "run directory")
+    url = storage or spec.storage or default_storage_url(run_dir)
+    where = (None, "--storage") if storage else (spec.source, "storage") if spec.storage else (None, "storage")
+    check_url(url, where[1], where[0])
+    check_shared_storage(cluster, url, where)
+    ray = connect(cluster, verbose=options.ray_logs)
+    try:
+        cap = capacity(ray, options.cpus_per_worker, client=cluster.client)
+        check_shared_storage(cluster, url, where, only_this_node=cap.only_this_node)
+        workers = workers_to_place(options.workers, cap)
+        log(f"study '{spec.name}' in {run_dir} (storage {redact_url(url)})")
+        log(f"cluster {cluster.address}: {workers} worker(s); it can place {cap.describe()}")
+        job = ClusterJob(study_yaml=spec_to_yaml(spec), source=str(Path(spec.source).resolve()) if spec.source else None,
+                         storage=url, n_trials=options.n_trials or spec.budget.trials, timeout=options.timeout,
+                         threads=options.cpus_per_worker, worker_dir=options.worker_dir)
+        search = ClusterSearch(ray, job, run_dir, name=spec.name, log=log,
+                               storage_note=redact_url(storage) if storage and storage != spec.storage else None)
+        search.start(workers, gpus=cap.gpus)
+    except BaseException:
+        ray.shutdown()
+        raise
+    return search
+
+
+def run_on_cluster(spec: StudySpec, options: ClusterOptions = ClusterOptions(), *, out: Path | None = None,
+                   storage: str | None = None, log: Callable[[str], None] = print) -> optuna.Study:
+    """Run (or resume) the study on a Ray cluster; returns the study.
+
+    Example:
+        >>> from autocompress import ClusterOptions, load_study_spec, run_on_cluster
+        >>> study = run_on_cluster(load_study_spec("studies/digits_cnn.yaml"), ClusterOptions("ray"))  # doctest: +SKIP
+    """
+    search = open_cluster_search(spec, options, out=out, storage=storage, log=log)
+    try:
+        search.run()
+    finally:
+        search.close()
+    return search.study
 
 
 def interrupt_trials(study: optuna.Study, pids: set[int]) -> None:
