@@ -173,7 +173,8 @@ def test_cluster_input_errors_are_one_line_and_write_nothing(ray_head, write_stu
     cases = [
         (["--cluster", "ray://127.0.0.1:1", "--storage", pg], "cannot reach the Ray cluster"),
         (["--cluster", "ray://127.0.0.1:1"], "SQLite file on this machine, which workers on other nodes"),
-        (["--cluster", ray_head, "--storage", pg, "--workers", "3"], "--workers: 3 workers, but the cluster can place 2"),
+        (["--cluster", ray_head, "--storage", pg, "--workers", "3"],
+         "--workers: 3 workers, but the cluster can place 2"),
         (["--cluster", "nowhere"], "--cluster: 'nowhere' is not a cluster"),
         (["--cpus-per-worker", "2"], "--cpus-per-worker: only with --cluster"),
     ]

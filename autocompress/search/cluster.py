@@ -58,7 +58,8 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise AutocompressError("--cluster needs Ray, which is not installed: pip install 'autocompress[ray]'") from None
+        raise AutocompressError("--cluster needs Ray, which is not installed: "
+                                "pip install 'autocompress[ray]'") from None
     return ray
 
 

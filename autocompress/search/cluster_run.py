@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
@@ -212,9 +213,10 @@ def open_cluster_search(spec: StudySpec, options: ClusterOptions, *, out: Path |
         workers = workers_to_place(options.workers, cap)
         log(f"study '{spec.name}' in {run_dir} (storage {redact_url(url)})")
         log(f"cluster {cluster.address}: {workers} worker(s); it can place {cap.describe()}")
-        job = ClusterJob(study_yaml=spec_to_yaml(spec), source=str(Path(spec.source).resolve()) if spec.source else None,
+        source = str(Path(spec.source).resolve()) if spec.source else None
+        job = ClusterJob(study_yaml=spec_to_yaml(spec), source=source,
                          storage=url, n_trials=options.n_trials or spec.budget.trials, timeout=options.timeout,
-                         threads=options.cpus_per_worker, worker_dir=options.worker_dir)
+                         threads=options.cpus_per_worker, worker_dir=options.worker_dir, run_id=uuid.uuid4().hex[:12])
         search = ClusterSearch(ray, job, run_dir, name=spec.name, log=log,
                                storage_note=redact_url(storage) if storage and storage != spec.storage else None)
         search.start(workers, gpus=cap.gpus)

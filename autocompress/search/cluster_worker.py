@@ -14,6 +14,7 @@ The actor runs ``run`` in one thread and answers ``take``/``ack`` in others
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -48,6 +49,7 @@ class ClusterJob:
     timeout: float | None = None
     threads: int = 1             # the CPUs the worker holds
     worker_dir: str | None = None  # where workers keep their run directories on their nodes (None: a temp folder)
+    run_id: str = ""             # names a worker's temp folder, so a worker Ray restarts finds its predecessor's
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,10 @@ class TrialWorker:
         self._run: StudyRun | None = None
         self._log: list[str] = []
         self._temporary = job.worker_dir is None
-        if self._temporary:
-            self.run_dir = Path(tempfile.mkdtemp(prefix=f"autocompress-worker{index}-"))
-        else:
-            self.run_dir = Path(job.worker_dir) / f"{_spec(job).name}-worker{index}"
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{_spec(job).name}-worker{index}"
+        parent = Path(tempfile.gettempdir()) / f"autocompress-{job.run_id}" if self._temporary else Path(job.worker_dir)
+        self.run_dir = parent / name
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chdir(self.run_dir)  # the worker's working directory is its own, on its node
 
     def warm(self) -> None:
@@ -97,9 +98,11 @@ class TrialWorker:
         ran: list[int] = []
         optimize(run, n_trials=self.job.n_trials, timeout=self.job.timeout,
                  on_trial_end=lambda study, trial: ran.append(trial.number))
-        if self._temporary:
+        if self._temporary:   # (a worker stopped by Ctrl-C on the driver leaves its folder, as any temp file)
             os.chdir(tempfile.gettempdir())
             shutil.rmtree(self.run_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.run_dir.parent.rmdir()   # the last worker of the run on this node
         return len(ran)
 
     def pid(self) -> int:
