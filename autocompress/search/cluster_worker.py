@@ -32,9 +32,11 @@ from autocompress.search.storage import STUDY_FILE
 from autocompress.search.study import Placement, optimize, prepare
 from autocompress.spec.config import StudySpec, spec_from_dict
 from autocompress.trial.baseline import BASELINE_FILE, BASELINE_METRICS_FILE
+from autocompress.trial.sensitivity import FILE as SENSITIVITY_FILE
 from autocompress.utils import atomic_write_bytes
 
-RUN_FILES = (STUDY_FILE, BASELINE_FILE, BASELINE_METRICS_FILE)   # what every worker needs of the run directory
+# what every worker needs of the run directory (the sensitivity pass where the space has per-layer knobs)
+RUN_FILES = (STUDY_FILE, BASELINE_FILE, BASELINE_METRICS_FILE, SENSITIVITY_FILE)
 ACK_TIMEOUT_S = 600.0
 
 
