@@ -9,7 +9,8 @@ well below 0.99 there: the figures say how far). The model is torchvision's resn
 Two arms per seed, the baseline trained once per seed and shared:
 
   uniform    pruning {none, structured} at one ratio in 0.1..0.6, quantization {none, static_int8},
-             lr; 2 epochs on 60% of the training split, BatchNorm statistics re-estimated after
+             lr in 1e-4..1e-3; 2 epochs on 60% of the training split distilled from the baseline
+             (soft targets, alpha 0.5, T 4), BatchNorm statistics re-estimated after
   per-layer  the same, plus quantization.keep_float_top_k {0, 1, 2} and pruning.allocation
              {uniform, sensitivity, global}; its sensitivity pass counts in its wall time
 
@@ -73,7 +74,8 @@ def space(per_layer: bool) -> dict:
     s = {"pruning": {"method": {"choices": ["none", "structured"]},
                      "ratio": {"low": 0.1, "high": 0.6, "step": 0.05, "when": {"method": ["structured"]}}},
          "quantization": {"mode": {"choices": ["none", "static_int8"]}, "calibration_batches": 4},
-         "training": {"optimizer": "adamw", "lr": {"low": 3e-4, "high": 3e-3, "log": True}, "batch_size": 64,
+         "distillation": {"method": "soft", "alpha": 0.5, "temperature": 4.0},
+         "training": {"optimizer": "adamw", "lr": {"low": 1e-4, "high": 1e-3, "log": True}, "batch_size": 64,
                       "bn_recalibration_batches": 8}}
     if per_layer:
         s["pruning"]["allocation"] = {"choices": ["uniform", "sensitivity", "global"], "when": {"method": ["structured"]}}
