@@ -51,7 +51,8 @@ def test_plan_keys_and_final_metrics_follow_declarations():
     gradual = TrialPlan(policy(pruning={"method": "gradual", "ratio": 0.5}))
     compiled = TrialPlan(policy(pruning={"method": "structured", "ratio": 0.5}, runtime={"backend": "compile"}))
     assert eager.previews_deployment and not gradual.previews_deployment and not compiled.previews_deployment
-    assert eager.final_after_compress() == {"flops", "params", "latency_ms", "size_mb"}
+    # cost per inference is the latency priced: final with it
+    assert eager.final_after_compress() == {"flops", "params", "latency_ms", "size_mb", "cost_usd_per_1k"}
     assert compiled.final_after_compress() == {"flops", "params"}
     assert gradual.final_after_compress() == set()
     assert eager.runtime_key == "eager:static_int8/per-channel"

@@ -85,9 +85,8 @@ def test_stopped_workers_get_ctrl_c_and_can_record_their_trial(tmp_path):
     import time
 
     marker = tmp_path / "interrupted"
-    code = ("import sys, time\n"
-            f"open({str(tmp_path / 'up')!r}, 'w').close()\n"
-            "try:\n    time.sleep(60)\n"
+    code = ("import sys, time\n"   # 'up' written inside the try: a Ctrl-C right after it is caught too
+            f"try:\n    open({str(tmp_path / 'up')!r}, 'w').close()\n    time.sleep(60)\n"
             f"except KeyboardInterrupt:\n    open({str(marker)!r}, 'w').close()\n    sys.exit(130)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
