@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 from autocompress.cli import app
 from autocompress.devices import assign, discover
 from autocompress.search.record import read_all
-from autocompress.search.workers import WorkerJob, start_workers, stop_workers
+from autocompress.search.workers import WorkerJob, ctrl_c_reaches_it, start_workers, stop_workers
 
 runner = CliRunner()
 
@@ -88,8 +89,12 @@ def test_stopped_workers_get_ctrl_c_and_can_record_their_trial(tmp_path):
     code = ("import sys, time\n"   # 'up' written inside the try: a Ctrl-C right after it is caught too
             f"try:\n    open({str(tmp_path / 'up')!r}, 'w').close()\n    time.sleep(60)\n"
             f"except KeyboardInterrupt:\n    open({str(marker)!r}, 'w').close()\n    sys.exit(130)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)   # as a parent that ignores Ctrl-C would pass it on
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, preexec_fn=ctrl_c_reaches_it)   # as start_workers starts a worker
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     while not (tmp_path / "up").exists():
         time.sleep(0.05)
     assert stop_workers([proc], wait=False) == []

@@ -36,6 +36,14 @@ def worker_command(job: WorkerJob, device: str, threads: int, index: int) -> lis
     return cmd
 
 
+def ctrl_c_reaches_it() -> None:
+    """In a worker, before it starts: Ctrl-C (SIGINT) neither ignored nor blocked, whatever the
+    process that starts it inherited, so Python turns it into KeyboardInterrupt and the worker
+    can mark its running trial interrupted (``stop_workers``)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def start_workers(job: WorkerJob, *, workers: int, training_device: str, first_index: int = 1,
                   devices: list[str] | None = None) -> list[subprocess.Popen]:
     """Start workers ``first_index..workers-1`` (the calling process is worker 0)."""
@@ -48,7 +56,7 @@ def start_workers(job: WorkerJob, *, workers: int, training_device: str, first_i
         # workers run, and a worker that fills its buffer (64 KiB) would block mid-trial.
         log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
         proc = subprocess.Popen(worker_command(job, device, threads, i), stdout=subprocess.DEVNULL, stderr=log,
-                                env=env)
+                                env=env, preexec_fn=ctrl_c_reaches_it)
         proc.stderr_log = log  # type: ignore[attr-defined]
         procs.append(proc)
     return procs
