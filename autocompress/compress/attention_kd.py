@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from autocompress.compress.hidden import layer_stack, map_layers
+from autocompress.compress.hidden import kept_pairs, layer_stack, map_layers, real_tokens
 from autocompress.compress.pruning.heads import attention_modules
 from autocompress.errors import TrialFailed
 
@@ -81,13 +81,10 @@ class AttentionMaps:
         self._hooks += [_keep(t_attn[j], self._teacher, i) for i, j in enumerate(self.mapping)]
 
     def loss(self, inputs: Tensor) -> Tensor:
-        keep = inputs != self.pad_id if self.pad_id is not None and not inputs.is_floating_point() else None
-        losses = []
-        for i in range(len(self.mapping)):
-            s, t = self._student.pop(i, None), self._teacher.pop(i, None)
-            if s is None or t is None:
-                raise TrialFailed("attention distillation: a mapped self-attention returned no attention "
-                                  "weights (an attention implementation other than eager)")
+        keep, losses = real_tokens(inputs, self.pad_id), []
+        for _, s, t in kept_pairs(self._student, self._teacher, len(self.mapping),
+                                  "attention distillation: a mapped self-attention returned no attention "
+                                  "weights (an attention implementation other than eager)"):
             losses.append(attention_kl(s, t, None if keep is None else keep.to(s.device)))
         return torch.stack(losses).mean()
 

@@ -13,7 +13,7 @@ the teacher's, over non-pad positions where the inputs are token ids and the pad
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -133,15 +133,10 @@ class HiddenStates:
 
     def loss(self, inputs: Tensor) -> Tensor:
         """Mean over mapped layers of the MSE of the hidden states (after the teacher's forward)."""
-        keep = None
-        if self.pad_id is not None and not inputs.is_floating_point() and inputs.dim() == 2:
-            keep = inputs != self.pad_id
-        losses = []
-        for i in range(len(self.mapping)):
-            s, t = self._student.pop(i, None), self._teacher.pop(i, None)
-            if s is None or t is None:
-                raise TrialFailed("hidden-state distillation: a mapped transformer layer no longer runs "
-                                  "in the student being trained (fused or replaced)")
+        keep, losses = real_tokens(inputs, self.pad_id), []
+        for i, s, t in kept_pairs(self._student, self._teacher, len(self.mapping),
+                                  "hidden-state distillation: a mapped transformer layer no longer runs "
+                                  "in the student being trained (fused or replaced)"):
             if str(i) in self.projections:
                 s = self.projections[str(i)](s)
             if s.shape != t.shape:
@@ -165,6 +160,24 @@ class HiddenStates:
         return {"hidden_layers": dict(self.names), "hidden_map": self.how,
                 "hidden_projections": {names[int(k)]: f"Linear {p.in_features}->{p.out_features}"
                                        for k, p in self.projections.items()}}
+
+
+def real_tokens(inputs: Tensor, pad_id: int | None) -> Tensor | None:
+    """Where token ids are not padding (None for inputs that are not token ids)."""
+    if pad_id is None or inputs.is_floating_point() or inputs.dim() != 2:
+        return None
+    return inputs != pad_id
+
+
+def kept_pairs(student: dict[int, Tensor], teacher: dict[int, Tensor], n: int,
+               missing: str) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """(i, student tensor, teacher tensor) of each of the ``n`` mapped layers, taken out of what
+    the forward hooks kept this step; ``TrialFailed(missing)`` where a hook kept nothing."""
+    for i in range(n):
+        s, t = student.pop(i, None), teacher.pop(i, None)
+        if s is None or t is None:
+            raise TrialFailed(missing)
+        yield i, s, t
 
 
 def _keep(module: nn.Module, store: dict[int, Tensor], key: int):

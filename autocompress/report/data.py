@@ -9,7 +9,9 @@ registry (``metrics.registry.METRICS``).
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -19,8 +21,8 @@ from optuna.trial import TrialState
 from autocompress.metrics.registry import METRICS
 from autocompress.report.analysis import Importances, hypervolume_history, param_importances
 from autocompress.report.front import Front, pareto_front
-from autocompress.report.sensitivity import load as load_sensitivity
 from autocompress.search.record import TrialRecord, read_all, study_info
+from autocompress.trial.sensitivity import FILE as SENSITIVITY_FILE
 
 # Units shown next to every measured number, in registry order (the metric names carry most).
 UNITS: dict[str, str] = {name: m.unit for name, m in METRICS.items()}
@@ -141,6 +143,17 @@ def failures(records: list[TrialRecord]) -> list[dict[str, Any]]:
     return out
 
 
+def _sensitivity(run_dir: Any) -> dict[str, Any] | None:
+    """The study's sensitivity pass (``trial.sensitivity``), where it has one."""
+    path = Path(run_dir) / SENSITIVITY_FILE if run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+
+
 def report_data(study: optuna.Study, spec: dict[str, Any] | None = None, *, run_dir: Any = None) -> ReportData:
     """Compute everything the report shows (``run_dir``: where the study lives, for hints)."""
     spec = spec or {}
@@ -154,4 +167,4 @@ def report_data(study: optuna.Study, spec: dict[str, Any] | None = None, *, run_
         study_name=study.study_name, summary=study_summary(study, spec, records, run_dir),
         trials=trials_frame(records, front), front=front, hypervolume=hv, hv_reference=reference,
         importances=param_importances(study, records, seed=int(spec.get("seed") or 0)),
-        front_points=[front_point(r) for r in points], failures=failures(records), sensitivity=load_sensitivity(run_dir))
+        front_points=[front_point(r) for r in points], failures=failures(records), sensitivity=_sensitivity(run_dir))

@@ -1,33 +1,18 @@
 """The sensitivity pass in the report: a table (loss rise and accuracy drop per layer group,
 for each format the pass quantized alone and each pruning ratio) and a bar chart of the loss
-rises. The pass lives next to the baseline (``runs/<name>/sensitivity.json``); a study without
+rises. ``report.data`` reads the pass (``runs/<name>/sensitivity.json``); a study without
 per-layer knobs has none, and the section says so."""
 
 from __future__ import annotations
 
 import html
-import json
-from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
 
 
-FILE = "sensitivity.json"
-
-
-def esc(value: Any) -> str:
+def esc(value: Any) -> str:   # report.tables has one too, but it imports the figures, which import this
     return html.escape(str(value), quote=True)
-
-
-def load(run_dir: Any) -> dict[str, Any] | None:
-    path = Path(run_dir) / FILE if run_dir is not None else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return None
 
 
 def _columns(s: dict[str, Any]) -> list[tuple[str, dict[str, list[float]]]]:

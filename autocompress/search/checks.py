@@ -16,10 +16,10 @@ from autocompress.compress.quantization import number_format
 from autocompress.compress.quantization.torchao_modes import why_missing
 from autocompress.devices import why_absent
 from autocompress.errors import ConfigError
+from autocompress.search.per_layer import values
 from autocompress.search.record import read_study_info
 from autocompress.spec.config import StudySpec
 from autocompress.spec.fields import device_name
-from autocompress.spec.policy import Policy
 from autocompress.spec.space import SearchSpace
 from autocompress.training.augment import misfit
 from autocompress.trial.context import fit_length
@@ -112,19 +112,12 @@ def check_augmentation(spec: StudySpec, space: SearchSpace, data: DataBundle, lo
             log(f"warning: {field}: '{value}' does not fit the data ({reason}); trials that pick it will fail")
 
 
-def _values(space: SearchSpace, name: str) -> list:
-    knob = next((k for k in space.knobs if k.name == name), None)
-    if knob is None:
-        return [Policy().to_flat()[name]]
-    return list(knob.distribution.choices) if knob.distribution is not None else [knob.value]
-
-
 def check_formats(spec: StudySpec, space: SearchSpace, log: Callable[[str], None]) -> None:
     """Number formats the space offers that this machine or the target cannot run: a missing
     torchao (or a torchao without the mode) and a format without kernels on the target device
     are an error when no choice is left, else one warning per choice (the search does not
     propose them, ``search.sampler``)."""
-    modes, backends = _values(space, "quantization.mode"), _values(space, "quantization.backend")
+    modes, backends = values(space, "quantization.mode"), values(space, "quantization.backend")
     field = "search_space.quantization.mode"
     bad: dict[str, str] = {}
     for mode in modes:
