@@ -1,9 +1,10 @@
-"""Data sources: built-in digits (scikit-learn, offline), CIFAR-10/100 and ImageFolder from a
-local root (never downloaded), and user factories ``fn(**kwargs) -> (train, val[, test])``.
+"""Data sources: built-in digits (scikit-learn, offline), the generated ``signals`` task
+(``zoo.signals``), CIFAR-10/100 and ImageFolder from a local root (never downloaded), and user
+factories ``fn(**kwargs) -> (train, val[, test])``; ``build_data`` picks one from the study.
 
-Every source gives a ``DataBundle``: three torch Datasets of ``(x, y)``, the class count,
-the shape of one input, whether horizontal flips keep labels, and where each split came
-from. Validation drives the search; a test split the data does not have is carved out of
+Every source gives a ``DataBundle`` (``zoo.bundle``): three torch Datasets of ``(x, y)``, the
+class count, the shape of one input, whether horizontal flips keep labels, and where each split
+came from. Validation drives the search; a test split the data does not have is carved out of
 train with the study seed (``zoo.splits.complete``, the one rule for every source).
 
 scikit-learn and torchvision are imported where a source needs them: each costs about 2 s
@@ -13,7 +14,6 @@ to import on this machine, and most studies use one source.
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,45 +23,10 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from autocompress.errors import ConfigError
 from autocompress.spec.fields import DataSpec
+from autocompress.zoo.bundle import DataBundle
 from autocompress.zoo.imports import import_callable
-from autocompress.zoo.splits import Split, complete, split_indices
-
-
-@dataclass(frozen=True)
-class DataBundle:
-    name: str
-    train: Dataset
-    val: Dataset
-    test: Dataset
-    num_classes: int
-    input_shape: tuple[int, ...]      # one sample, no batch dimension
-    flip_ok: bool = True              # False where a mirror image changes the label (digits)
-    color: bool = False               # 3-channel images: color jitter applies
-    splits: tuple[Split, ...] = ()    # size and origin of train, val and test (the report shows them)
-    text: Any = None                  # zoo.text.TextInfo where inputs are token ids (tokenizer, labels)
-
-    @property
-    def kind(self) -> str:
-        """text (token ids, L), image (C,H,W), signal (C,L) or features (F,)."""
-        if self.text is not None:
-            return "text"
-        return {3: "image", 2: "signal", 1: "features"}.get(len(self.input_shape), "other")
-
-    @property
-    def in_channels(self) -> int:
-        return self.input_shape[0] if len(self.input_shape) > 1 else 1
-
-    def subset_train(self, fraction: float, seed: int) -> "DataBundle":
-        """A fixed random fraction of the training split (for cheap screening and tests); a
-        carved test split is not part of ``train``, so it stays held out."""
-        if fraction >= 1.0:
-            return self
-        n = len(self.train)
-        k = max(1, int(round(n * fraction)))
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].tolist()
-        note = f"; trials fine-tune on {k} of its {n} (seed {seed})"
-        splits = tuple(replace(s, size=k, origin=s.origin + note) if s.name == "train" else s for s in self.splits)
-        return replace(self, train=Subset(self.train, idx), splits=splits)
+from autocompress.zoo.signals import signals
+from autocompress.zoo.splits import complete, split_indices
 
 
 def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
@@ -234,10 +199,11 @@ def build_data(spec: DataSpec, *, seed: int, source: str | None = None) -> DataB
         if kind == "builtin" and spec.builtin == "reviews":  # shorthand for text: {builtin: reviews}
             kind, spec = "text", DataSpec(text={"builtin": "reviews"})
         if kind == "builtin":
-            if spec.builtin != "digits":
+            builtins = {"digits": digits, "signals": signals}
+            if spec.builtin not in builtins:
                 raise ConfigError(source, "data.builtin",
-                                  f"unknown data set '{spec.builtin}' (choose from: digits, reviews)")
-            return digits(seed=seed)
+                                  f"unknown data set '{spec.builtin}' (choose from: digits, reviews, signals)")
+            return builtins[spec.builtin](seed=seed)
         if kind == "text":
             from autocompress.zoo.text import text_data
 
