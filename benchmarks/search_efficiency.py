@@ -1,25 +1,34 @@
-"""Search efficiency on the digits study, side by side, fixed seeds (run on purpose).
+"""Search efficiency: random search against the previous and the new default search, several
+seeds, at equal trials and at equal compute (run on purpose; figures in docs/BENCHMARKS.md).
 
-    python benchmarks/search_efficiency.py [--n 20] [--k 5] [--out runs/bench-efficiency]
+    python benchmarks/search_efficiency.py --task digits --n 20 --seeds 0 1 2 3 4
+    python benchmarks/search_efficiency.py --task signals --n 20 --seeds 0 1 2 3 4
 
-Runs three searches of the demo study (studies/digits_cnn.yaml, warm starts off so the
-samplers start equal) with an extra hard constraint `params <= 100000` (the baseline has
-157k, so an unpruned or lightly pruned policy breaks it before any training):
+Each task is a demo study (studies/digits_cnn.yaml, studies/signals_cnn.yaml) with warm
+starts off (so every arm starts from its sampler alone) and an extra hard constraint on
+params (60% of the baseline's), so that a weakly compressed policy breaks it before any
+training. The arms (--arms picks some):
 
-  random     random search, 2N trials, no pre-screening, no early stopping
-  SAMPLER      the default sampler (--sampler, default tpe), N trials, no pre-screening,
-               no early stopping
-  SAMPLER+eff  the same with pre-screening and early stopping on
+  random     random search, 2N trials
+  previous   the previous default: TPE, early stopping `dominated` (its constant liar, new
+             since, does not change a single worker's trials)
+  halving    TPE, successive halving over epochs (eta 3) instead of `dominated`
+  filtered   TPE, `dominated`, and 4 candidates previewed per trial (search.candidates)
+  new        the new default (the study file's defaults), N trials
+  new-off    the new default without pre-screening and early stopping, N trials
 
-It prints the hypervolume of the feasible front after every k trials (fixed reference point:
-objectives normalized by the baseline: error / 0.1, latency / baseline latency, size /
-baseline size, reference 1.1 on each axis, so 1.0 is the unreachable ideal box), the total
-fine-tune epochs and wall time each spent, and the best feasible policy per objective.
+Every arm but new-off runs with pre-screening on. Hypervolume is that of the feasible front
+with a fixed reference: error / (baseline error + 0.05), latency / baseline latency, size /
+baseline size, reference 1.1 on each axis, normalized by the reference box. It is reported
+after every k trials, at equal fine-tune epochs and at equal wall time (the least any arm
+spent; a trial's wall time includes the candidate previews that chose it), mean and spread
+over seeds, with the issue's targets.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,82 +42,147 @@ sys.path.insert(0, str(REPO))
 
 from optuna._hypervolume import compute_hypervolume  # noqa: E402
 
-from autocompress.search.record import read_all, study_info  # noqa: E402
+from autocompress.search.context import build_inputs  # noqa: E402
+from autocompress.search.record import TrialRecord, read_all, study_info  # noqa: E402
 from autocompress.search.study import run_study  # noqa: E402
 from autocompress.spec.config import spec_from_dict  # noqa: E402
+from autocompress.spec.fields import Constraint  # noqa: E402
+
+TASKS = {"digits": "digits_cnn.yaml", "signals": "signals_cnn.yaml"}
+ARMS = {
+    "random": dict(sampler="random", early_stopping="dominated"),
+    "previous": dict(sampler="tpe", early_stopping="dominated", candidates=1),
+    "halving": dict(sampler="tpe", early_stopping={"rule": "halving", "eta": 3}),
+    "filtered": dict(sampler="tpe", early_stopping="dominated", candidates=4),
+    "new": {},
+    "new-off": dict(prescreen=False, early_stopping="none"),
+}
 
 
-def hypervolume(study: optuna.Study, upto: int, baseline: dict) -> float:
-    pts = []
-    for t in read_all(study):
-        if t.baseline or t.state.name != "COMPLETE" or t.number > upto or not t.feasible:
-            continue
-        m = t.metrics
-        pts.append([(1 - m["accuracy"]) / 0.1, m["latency_ms"] / baseline["latency_ms"],
-                    m["size_mb"] / baseline["size_mb"]])
+def hypervolume(points: list[TrialRecord], base: dict) -> float:
+    err0 = 1 - base["accuracy"] + 0.05
+    pts = [[(1 - t.metrics["accuracy"]) / err0, t.metrics["latency_ms"] / base["latency_ms"],
+            t.metrics["size_mb"] / base["size_mb"]] for t in points]
     ref = np.full(3, 1.1)
     pts = [p for p in pts if all(x < r for x, r in zip(p, ref))]
     return float(compute_hypervolume(np.array(pts), ref)) / 1.1 ** 3 if pts else 0.0
 
 
-def main() -> None:
+def spend(t: TrialRecord) -> tuple[float, float]:
+    """(fine-tune epochs, wall seconds incl. the candidate previews that chose it) of a trial."""
+    return float(t.epochs_run or 0), float(t.wall_s or 0) + float((t.candidates or {}).get("seconds", 0))
+
+
+def curve(trials: list[TrialRecord], base: dict) -> list[tuple[float, float, float]]:
+    """(cumulative epochs, cumulative wall s, hypervolume) after each trial, in trial order."""
+    out, epochs, wall, front = [], 0.0, 0.0, []
+    for t in trials:
+        e, w = spend(t)
+        epochs, wall = epochs + e, wall + w
+        if t.state.name == "COMPLETE" and t.feasible:
+            front.append(t)
+        out.append((epochs, wall, hypervolume(front, base)))
+    return out
+
+
+def at(points: list[tuple[float, float, float]], axis: int, budget: float) -> float:
+    """Hypervolume reached within ``budget`` of the axis (0 epochs, 1 wall s)."""
+    return max((p[2] for p in points if p[axis] <= budget + 1e-9), default=0.0)
+
+
+def arm_spec(task: str, arm: str, n: int, seed: int, tiny: dict):
+    path = REPO / "studies" / TASKS[task]
+    raw = yaml.safe_load(path.read_text())
+    raw.update(name=f"bench-{task}-{arm}-{seed}", seed=seed, warm_start={"recipes": False}, **ARMS[arm])
+    raw["budget"] = {**raw["budget"], "timeout": None, "trials": 2 * n if arm == "random" else n, **tiny}
+    if tiny:
+        raw["baseline"] = {"epochs": 1}
+    spec = spec_from_dict(raw, str(path))
+    _, teacher = build_inputs(spec)   # untrained: its params are the baseline's
+    bound = int(0.6 * sum(p.numel() for p in teacher.parameters()))
+    return spec.model_copy(update={"constraints": [*spec.constraints, Constraint.parse(f"params <= {bound}")]})
+
+
+def run_arm(task: str, arm: str, n: int, seed: int, out: Path, tiny: dict) -> dict:
+    spec = arm_spec(task, arm, n, seed, tiny)
+    start = time.time()
+    run = run_study(spec, out=out / f"{task}-{arm}-seed{seed}", log=lambda m: None)
+    wall = time.time() - start
+    base = study_info(run.study).baseline_metrics
+    trials = [t for t in read_all(run.study) if not t.baseline]
+    states = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    return dict(curve=curve(trials, base), wall=wall, states=states, trials=len(trials))
+
+
+def summarize(rows: dict, n: int, k: int) -> dict:
+    """Mean and spread over seeds per arm: HV after every k trials, at equal epochs and wall."""
+    out = {}
+    min_epochs = min(r["curve"][-1][0] for runs in rows.values() for r in runs)
+    min_wall = min(r["curve"][-1][1] for runs in rows.values() for r in runs)
+    for arm, runs in rows.items():
+        def stats(values):
+            return (statistics.mean(values), statistics.pstdev(values)) if values else (0.0, 0.0)
+        steps = range(k, max(len(r["curve"]) for r in runs) + 1, k)
+        out[arm] = {
+            "hv_at": {i: stats([r["curve"][min(i, len(r["curve"])) - 1][2] for r in runs]) for i in steps},
+            "equal_epochs": stats([at(r["curve"], 0, min_epochs) for r in runs]),
+            "equal_wall": stats([at(r["curve"], 1, min_wall) for r in runs]),
+            "epochs": stats([r["curve"][-1][0] for r in runs]),
+            "wall": stats([r["wall"] for r in runs]),
+            "states": [r["states"] for r in runs],
+        }
+    out["_budget"] = {"epochs": min_epochs, "wall": min_wall}
+    return out
+
+
+def report(summary: dict, n: int) -> list[str]:
+    lines = [f"equal compute: {summary['_budget']['epochs']:.0f} fine-tune epochs, "
+             f"{summary['_budget']['wall']:.0f} s of trial wall time (the least any run spent)"]
+    for arm, s in summary.items():
+        if arm.startswith("_"):
+            continue
+        hv = ", ".join(f"{i}: {m:.3f}±{d:.3f}" for i, (m, d) in s["hv_at"].items())
+        lines.append(f"{arm:9s} HV after k trials {hv} | equal epochs {s['equal_epochs'][0]:.3f}"
+                     f"±{s['equal_epochs'][1]:.3f} | equal wall {s['equal_wall'][0]:.3f}±{s['equal_wall'][1]:.3f}"
+                     f" | epochs {s['epochs'][0]:.0f} | wall {s['wall'][0]:.0f} s | {s['states']}")
+    hv = lambda arm, i: summary[arm]["hv_at"].get(i, list(summary[arm]["hv_at"].values())[-1])[0]  # noqa: E731
+    for arm in ("previous", "halving", "filtered", "new"):
+        if arm in summary and "random" in summary:
+            ok = hv(arm, n) >= hv("random", 2 * n)
+            lines.append(f"target: {arm} HV at {n} = {hv(arm, n):.3f} vs random at {2 * n} = "
+                         f"{hv('random', 2 * n):.3f} -> {'met' if ok else 'not met'}")
+    if "new" in summary and "new-off" in summary:
+        saved = 1 - summary["new"]["epochs"][0] / max(1.0, summary["new-off"]["epochs"][0])
+        drop = 1 - hv("new", n) / max(1e-12, hv("new-off", n))
+        lines.append(f"target: pre-screening + early stopping save {saved:.0%} of the fine-tune epochs "
+                     f"(>= 40%) for a final HV {drop:+.1%} lower (<= 2%); at equal epochs "
+                     f"{summary['new']['equal_epochs'][0]:.3f} vs {summary['new-off']['equal_epochs'][0]:.3f}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=sorted(TASKS), default="digits")
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["random", "previous", "new", "new-off"])
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-efficiency")
-    ap.add_argument("--sampler", default="tpe", help="the default sampler to compare with random search")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the samplers and trials")
-    args = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true", help="1-epoch trials on a tenth of the data (the suite's check)")
+    args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are recorded, not logged
-    raw = yaml.safe_load((REPO / "studies" / "digits_cnn.yaml").read_text())
-    raw["constraints"] = list(raw.get("constraints", [])) + ["params <= 100000"]
-    raw["budget"] = {**raw["budget"], "timeout": None}
-    raw["warm_start"] = {"recipes": False}
-    raw["seed"] = args.seed
-    variants = {
-        "random": dict(sampler="random", prescreen=False, early_stopping="none", trials=2 * args.n),
-        args.sampler: dict(sampler=args.sampler, prescreen=False, early_stopping="none", trials=args.n),
-        f"{args.sampler}+eff": dict(sampler=args.sampler, prescreen=True,
-                                     early_stopping=raw.get("early_stopping", "dominated"), trials=args.n),
-    }
-    rows = {}
-    for name, v in variants.items():
-        spec_raw = {**raw, "name": f"bench-{name.replace('+', '-')}", "sampler": v["sampler"],
-                    "prescreen": v["prescreen"], "early_stopping": v["early_stopping"],
-                    "budget": {**raw["budget"], "trials": v["trials"]}}
-        spec = spec_from_dict(spec_raw, str(REPO / "studies" / "digits_cnn.yaml"))
-        out = args.out / f"{name.replace('+', '-')}-seed{args.seed}"
-        start = time.time()
-        run = run_study(spec, out=out, log=lambda m: None)
-        wall = time.time() - start
-        study = run.study
-        base = study_info(study).baseline_metrics
-        trials = [t for t in read_all(study) if not t.baseline]
-        epochs = sum(int(t.epochs_run or 0) for t in trials)
-        hv = [(i, hypervolume(study, trials[min(i, len(trials)) - 1].number, base))
-              for i in range(args.k, len(trials) + 1, args.k)]
-        states = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
-        rows[name] = dict(hv=hv, epochs=epochs, wall=wall, states=states, study=study)
-        print(f"\n== {name}: {len(trials)} trials, {epochs} fine-tune epochs, {wall:.0f} s, {states}")
-        print("   hypervolume after k trials: " + ", ".join(f"{i}: {h:.4f}" for i, h in hv))
-        feasible = [t for t in trials if t.state.name == "COMPLETE" and t.feasible]
-        for metric, better in (("accuracy", max), ("latency_ms", min), ("size_mb", min)):
-            if feasible:
-                t = better(feasible, key=lambda t: t.metrics[metric])
-                m = t.metrics
-                print(f"   best {metric:10s}: trial {t.number:3d} acc {m['accuracy']:.4f} "
-                      f"lat {m['latency_ms']:.3f} ms size {m['size_mb']:.4f} MB  {t.policy_summary}")
-
-    n = args.n
-    hv_at = lambda name, i: next((h for j, h in rows[name]["hv"] if j == i), rows[name]["hv"][-1][1])  # noqa: E731
-    print("\n== targets")
-    d, e = args.sampler, f"{args.sampler}+eff"
-    print(f"   {d} HV at {n} = {hv_at(d, n):.4f} vs random HV at {2 * n} = {hv_at('random', 2 * n):.4f}"
-          f" -> {'met' if hv_at(d, n) >= hv_at('random', 2 * n) else 'not met'}")
-    saved = 1 - rows[e]["epochs"] / max(1, rows[d]["epochs"])
-    drop = 1 - hv_at(e, n) / max(1e-12, hv_at(d, n))
-    print(f"   pre-screening + early stopping: {saved:.0%} fewer fine-tune epochs (target >= 40%), "
-          f"final HV {drop:+.1%} lower (target <= 2%)")
+    tiny = {"epochs": 1, "train_fraction": 0.1} if args.tiny else {}
+    rows: dict[str, list[dict]] = {arm: [] for arm in args.arms}
+    for seed in args.seeds:
+        for arm in args.arms:   # arms interleaved per seed: the machine's drift hits all alike
+            r = run_arm(args.task, arm, args.n, seed, args.out, tiny)
+            rows[arm].append(r)
+            print(f"seed {seed} {arm}: {r['trials']} trials, HV {r['curve'][-1][2]:.3f}, "
+                  f"{r['curve'][-1][0]:.0f} epochs, {r['wall']:.0f} s, {r['states']}", flush=True)
+    summary = summarize(rows, args.n, args.k)
+    for line in report(summary, args.n):
+        print(line)
+    return summary
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import optuna
 from filelock import FileLock
@@ -70,15 +70,20 @@ def _lock_file(storage_url: str, run_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def budgeted_ask(study: optuna.Study, budget: int | None, lock) -> Iterator[None]:
+def budgeted_ask(study: optuna.Study, budget: int | None, lock,
+                 before: Callable[[], object] | None = None) -> Iterator[None]:
     """Inside this block ``study.ask()`` (which ``study.optimize`` calls) creates a trial only
-    while the budget has room, atomically across workers, and raises BudgetSpent otherwise."""
+    while the budget has room, atomically across workers, and raises BudgetSpent otherwise.
+    ``before`` runs under the lock once the budget has room, right before the trial is created
+    (candidate filtering enqueues the trial there)."""
     original = study.ask
 
     def ask(*args, **kwargs):
         with lock():
             if budget is not None and started(study) >= budget:
                 raise BudgetSpent()
+            if before is not None:
+                before()
             return original(*args, **kwargs)
 
     study.ask = ask  # instance attribute: only this study object, only inside the block

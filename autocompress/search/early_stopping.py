@@ -1,4 +1,4 @@
-"""Multi-objective early stopping (rule ``dominated``).
+"""Multi-objective early stopping: rule ``dominated`` and rule ``halving``.
 
 After epoch ``e`` (from ``grace_epochs`` on), a trial stops when at least ``min_dominators``
 earlier trials with the same number format (and the same runtime when a runtime-dependent
@@ -9,6 +9,13 @@ same epoch. It is the promotion test of multi-objective successive halving (MO-A
 Schmucker et al. 2021) with epochs as rungs, reduced to epsilon-dominance so that one rule
 serves any number of cost objectives. Which costs the preview measures, which differ between
 runtimes and how noisy they are comes from the metric registry.
+
+Rule ``halving`` is asynchronous successive halving with a multi-objective promotion rule:
+the rungs are epochs ``min_epochs * eta**k`` below the trial's last epoch; at a rung a trial
+goes on only if fewer than ``1/eta`` of the trials that reached that rung before it (with
+comparable costs, as above) lie in strictly better non-dominated fronts of (val accuracy at
+that rung, previewed cost objectives). Short fine-tunes for many, the full budget for the
+promising: the epochs it saves buy more trials within a compute budget.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ def early_stop_func(spec: StudySpec, study: optuna.Study, plan: TrialPlan, *, ep
     if es.rule == "none" or not plan.pipeline.structure_final_after_compress:
         return None  # a structure that still changes while training dips accuracy on purpose
     comparable = _comparable(spec, plan)
+    if es.rule == "halving":
+        return _halving(spec, study, comparable, epochs=epochs)
 
     def on_epoch(epoch: int, row: Epoch, preview: Preview) -> Screen:
         if epoch < max(1, es.grace_epochs) or epoch >= epochs:
@@ -51,6 +60,70 @@ def early_stop_func(spec: StudySpec, study: optuna.Study, plan: TrialPlan, *, ep
     return on_epoch
 
 
+def rungs(min_epochs: int, eta: int, epochs: int) -> list[int]:
+    """The epochs at which successive halving judges a trial: ``min_epochs * eta**k`` < ``epochs``."""
+    out, r = [], max(1, min_epochs)
+    while r < epochs:
+        out.append(r)
+        r *= eta
+    return out
+
+
+def fronts(points: list[tuple[float, ...]]) -> list[int]:
+    """Non-dominated sorting: each point's front index (0 = not dominated), all objectives minimized."""
+    left, rank, level = set(range(len(points))), [0] * len(points), 0
+    while left:
+        front = {i for i in left if not any(_dominates(points[j], points[i]) for j in left if j != i)}
+        for i in front:
+            rank[i] = level
+        left -= front
+        level += 1
+    return rank
+
+
+def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def promoted(me: tuple[float, ...], others: list[tuple[float, ...]], eta: int) -> bool:
+    """Whether a trial at a rung goes on: fewer than ``(len(others) + 1) / eta`` of the rung's
+    trials lie in strictly better fronts than it (a rung with fewer than ``eta`` trials promotes all)."""
+    if len(others) + 1 < eta:
+        return True
+    rank = fronts([me, *others])
+    better = sum(r < rank[0] for r in rank[1:])
+    return better < (len(others) + 1) / eta
+
+
+def _halving(spec: StudySpec, study: optuna.Study, comparable: Callable[[TrialRecord, Preview], str], *,
+             epochs: int) -> Callable[[int, Epoch, Preview], Screen]:
+    es = spec.early_stopping
+    at = set(rungs(es.min_epochs, es.eta, epochs))
+    costs = [m for m in previewed_costs() if m in spec.metric_names]
+    sign = {o.metric: 1.0 if o.direction == "minimize" else -1.0 for o in spec.objectives}
+
+    def point(acc: float, preview: Preview) -> tuple[float, ...] | None:
+        values = [preview.metrics.get(m) for m in costs]
+        if any(v is None for v in values):
+            return None
+        return (-acc, *(sign[m] * v for m, v in zip(costs, values)))
+
+    def on_epoch(epoch: int, row: Epoch, preview: Preview) -> Screen:
+        me = point(row.val_accuracy, preview)
+        if epoch not in at or me is None:
+            return Screen()
+        others = [p for r in read_all(study, (TrialState.COMPLETE, TrialState.PRUNED))
+                  if not r.baseline and len(r.history) >= epoch and comparable(r, preview, basis_only=True)
+                  and (p := point(r.history[epoch - 1].val_accuracy, r.preview)) is not None]
+        if promoted(me, others, es.eta):
+            return Screen()
+        return Screen(f"not promoted at epoch {epoch} (successive halving, eta {es.eta}): val accuracy "
+                      f"{row.val_accuracy:.4f} and its costs lie behind the best 1/{es.eta} of the "
+                      f"{len(others) + 1} trials at this rung")
+
+    return on_epoch
+
+
 def _comparable(spec: StudySpec, plan: TrialPlan) -> Callable[[TrialRecord, Preview], str]:
     """Whether another trial's costs are known to be as good as or better than this one's."""
     objectives = set(spec.metric_names)
@@ -64,8 +137,9 @@ def _comparable(spec: StudySpec, plan: TrialPlan) -> Callable[[TrialRecord, Prev
     same_structure = plan.structure_key if unjudged else None
     fmt, runtime = plan.pipeline.number_format.name, plan.runtime.name
 
-    def comparable(other: TrialRecord, preview: Preview) -> str:
-        """"clear" (costs as good or better), "within noise" (only within a cost's noise), or ""."""
+    def comparable(other: TrialRecord, preview: Preview, *, basis_only: bool = False) -> str:
+        """"clear" (costs as good or better), "within noise" (only within a cost's noise), or "";
+        ``basis_only``: "same basis" where the costs may be compared at all, whatever they are."""
         if other.policy is None or other.preview is None:
             return ""
         theirs = TrialPlan(other.policy)
@@ -76,6 +150,8 @@ def _comparable(spec: StudySpec, plan: TrialPlan) -> Callable[[TrialRecord, Prev
             return ""
         if same_structure is not None and other.structure_key != same_structure:
             return ""
+        if basis_only:
+            return "same basis"
         mine, them = preview.metrics, other.preview.metrics
         if not all(m in them and m in mine and METRICS[m].better(them[m], mine[m]) for m in costs):
             return ""

@@ -32,6 +32,7 @@ _PREVIEW_REMEASURED = "preview_remeasured"
 _PRESCREENED, _STOPPED_EARLY = "prescreened", "stopped_early"
 _FAIL_REASON, _TRACEBACK, _INTERRUPTED, _KNOWN_AS = "fail_reason", "traceback", "interrupted", "failure_known_as"
 _WARM_START, _STRUCTURE_KEY, _COST_KEY = "warm_start", "structure_key", "cost_key"
+_CANDIDATES = "candidate_filter"
 _WORKER_PID, _WALL_S, _MODEL_DIR, _MODEL_FILES = "worker_pid", "wall_s", "model_dir", "model_files_sha256"
 _STOP_ATTRS = {"prescreen": _PRESCREENED, "early_stopping": _STOPPED_EARLY}
 
@@ -66,6 +67,7 @@ class TrialRecord:
     interrupted: bool = False
     known_as: FailureKey | None = None
     warm_start: str | None = None
+    candidates: Mapping[str, float] | None = None   # the candidate step that chose it (search.candidates)
     structure_key: str | None = None
     cost_key: str | None = None
     model_dir: str | None = None
@@ -116,6 +118,7 @@ def read(t: FrozenTrial) -> TrialRecord:
         preview=_read_preview(a), epochs_run=a.get(_EPOCHS_RUN), fail_reason=a.get(_FAIL_REASON),
         traceback=a.get(_TRACEBACK), stop=_read_stop(a), interrupted=bool(a.get(_INTERRUPTED)),
         known_as=_read_key(a.get(_KNOWN_AS)), warm_start=a.get(_WARM_START),
+        candidates=a.get(_CANDIDATES),
         structure_key=a.get(_STRUCTURE_KEY), cost_key=a.get(_COST_KEY), model_dir=a.get(_MODEL_DIR),
         model_files=dict(a.get(_MODEL_FILES) or {}),
         worker_pid=a.get(_WORKER_PID), wall_s=a.get(_WALL_S), started=t.datetime_start, finished=t.datetime_complete)
@@ -235,6 +238,12 @@ def baseline_trial(metrics: Mapping[str, float], *, values: list[float], constra
 def warm_start_attrs(name: str) -> dict[str, Any]:
     """User attributes of an enqueued warm-start trial (``study.enqueue_trial(user_attrs=...)``)."""
     return {_WARM_START: name}
+
+
+def candidate_attrs(summary: Mapping[str, float]) -> dict[str, Any]:
+    """User attributes of a trial the candidate step enqueued: how many it drew, kept, and the
+    seconds its previews took (they belong to the search's compute)."""
+    return {_CANDIDATES: dict(summary)}
 
 
 # -- the study's own attributes ----------------------------------------------------------------

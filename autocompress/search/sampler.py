@@ -161,8 +161,10 @@ def base_sampler(spec: StudySpec, *, seed: int) -> BaseSampler:
         pop = max(4, min(20, (spec.budget.trials or 40) // 4))
         return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed)
     if spec.sampler == "tpe":
-        with optuna_experimental():  # group=True
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+        # group=True: conditional knobs are modelled jointly per subspace; constant_liar: parallel
+        # workers (and the candidate step's draws) treat running trials as bad, so they spread out
+        with optuna_experimental():
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
                                               n_startup_trials=min(10, max(3, (spec.budget.trials or 30) // 3)))
     if spec.sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed)

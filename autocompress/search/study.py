@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial
 from autocompress.errors import AutocompressError
 from autocompress.search import record
 from autocompress.search.budget import BudgetSpent, budget_lock, budgeted_ask, running, wait_for_running
+from autocompress.search.candidates import enqueue_filtered
 from autocompress.search.checks import (check_augmentation, check_depth, check_devices, check_existing,
                                        check_formats)
 from autocompress.search.context import build_inputs, trial_context, with_baseline
@@ -184,7 +185,10 @@ def optimize(run: StudyRun, *, n_trials: int | None = None, timeout: float | Non
     start = time.monotonic()
     callbacks = [on_trial_end] if on_trial_end else []
     lock = lambda: budget_lock(run.study, run.storage_url, run.run_dir)  # noqa: E731
-    with budgeted_ask(run.study, budget, lock):
+    before = None
+    if run.spec.candidates > 1:
+        before = lambda: enqueue_filtered(run.study, run.spec, run.space, run.ctx)  # noqa: E731
+    with budgeted_ask(run.study, budget, lock, before):
         while timeout is None or time.monotonic() - start < timeout:
             try:
                 run.study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)

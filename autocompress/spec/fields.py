@@ -198,10 +198,12 @@ class TargetSpec(Strict):
 
 class EarlyStoppingSpec(Strict):
     """Multi-objective early stopping (see docs/ARCHITECTURE.md, "Early stopping")."""
-    rule: Literal["none", "dominated"] = "dominated"
-    grace_epochs: int = Field(1, ge=0, description="never stop before this many epochs")
-    margin: float = Field(0.02, ge=0, le=1, description="accuracy gap that counts as clearly worse")
-    min_dominators: int = Field(1, ge=1, description="trials that must dominate it at the same epoch")
+    rule: Literal["none", "dominated", "halving"] = "dominated"
+    grace_epochs: int = Field(1, ge=0, description="never stop before this many epochs (dominated)")
+    margin: float = Field(0.02, ge=0, le=1, description="accuracy gap that counts as clearly worse (dominated)")
+    min_dominators: int = Field(1, ge=1, description="trials that must dominate it at the same epoch (dominated)")
+    eta: int = Field(3, ge=2, le=10, description="halving: 1/eta of a rung's trials go on to the next")
+    min_epochs: int = Field(1, ge=1, description="halving: the first rung (then min_epochs * eta**k)")
 
 
 class WarmStartSpec(Strict):

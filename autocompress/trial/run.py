@@ -17,9 +17,11 @@ from torch import nn
 
 from autocompress.compress import Technique
 from autocompress.errors import TrialFailed
+from autocompress.metrics.accuracy import evaluate
 from autocompress.spec.policy import Policy
 from autocompress.training.augment import build_batch_transform
 from autocompress.training.loop import FitPlan, FitResult, fine_tune
+from autocompress.zoo.data import make_loader
 from autocompress.trial.context import KnownFailure, TrialContext
 from autocompress.trial.measure import deployed_metrics, finish, preview_costs, structure_metrics
 from autocompress.trial.plan import TrialPlan
@@ -76,6 +78,22 @@ def run_trial(policy: Policy, ctx: TrialContext, *, keep_model: bool = True) -> 
     return TrialResult(policy=policy, metrics=metrics, proof=proof, history=tuple(fit.history),
                        timings=laps.timings, measured_on=where, preview=preview.value, epochs_run=fit.epochs_run,
                        model=model if keep_model else None, deployment=shipped if keep_model else None)
+
+
+def preview_policy(policy: Policy, ctx: TrialContext) -> tuple[Preview, float]:
+    """What ``policy`` costs before any training, and how accurate it is untrained: the
+    structure compressed as a trial would (``Preview``, cached under ``ctx.preview_key`` so the
+    trial that runs it later reuses it) and the compressed model's val accuracy with no
+    fine-tuning. Raises ``TrialFailed`` where the trial would fail before training."""
+    plan = TrialPlan(policy)
+    _refuse_known(plan, ctx)
+    torch.manual_seed(ctx.seed)
+    model = copy.deepcopy(ctx.teacher).to("cpu").requires_grad_(True)   # gradient criteria need it
+    for t in plan.pipeline.build(ctx):
+        model = t.compress(model)
+    preview = _Preview(plan, ctx).measure(model)
+    accuracy = evaluate(model, make_loader(ctx.data.val, ctx.eval_batch_size, shuffle=False), "cpu")
+    return preview, accuracy
 
 
 def _refuse_known(plan: TrialPlan, ctx: TrialContext) -> None:
