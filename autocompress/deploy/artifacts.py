@@ -2,9 +2,9 @@
 
 Two files hold a model: ``model.pt`` (a plain state dict, loaded with ``weights_only=True``) and
 ``structure.json`` (what rebuilds the module tree: the model reference, the in/out widths of
-every layer after pruning, the quantization mode). The search writes them for every feasible
-trial under ``runs/<name>/trials/<number>/`` (``save_trial_model``); an export bundle
-(``autocompress.bundle.export``) holds them next to its other files.
+every layer after pruning, a transformers config's hidden size, the quantization mode). The search
+writes them for every feasible trial under ``runs/<name>/trials/<number>/`` (``save_trial_model``);
+an export bundle (``autocompress.bundle.export``) holds them next to its other files.
 
 ``load_exported(path)`` rebuilds the structure from the recorded widths (independent of how a
 pruner or quantizer works inside): build the study's model, replace every layer whose widths
@@ -52,6 +52,8 @@ WIDTH_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_feat
 # counts that modules without weights of their own hold (attention heads after head pruning):
 # recorded, and set back as they are on rebuild
 COUNT_ATTRS = ("num_attention_heads", "all_head_size", "n_heads")
+# widths a model's config holds (a Hugging Face config after hidden-size pruning): recorded, set again on rebuild
+CONFIG_ATTRS = ("hidden_size",)
 
 
 # -- structure ---------------------------------------------------------------------------------
@@ -87,8 +89,24 @@ def model_structure(model: nn.Module, *, model_spec: dict[str, Any], source: str
     out = {"format": FORMAT, "model": model_spec, "source": source, "num_classes": data.num_classes,
            "input_shape": list(data.input_shape), "quantization": quantization, "layers": layers,
            "torch": torch.__version__}
+    if configs := _config_widths(core):
+        out["configs"] = configs
     if data.text is not None:   # token ids in: the tokenizer and the ids' layout, so it reads raw text
         out["text"] = data.text.to_dict()
+    return out
+
+
+def _config_widths(model: nn.Module) -> dict[str, dict[str, int]]:
+    """{module: {attr: width}} of ``CONFIG_ATTRS`` in the config each module holds (the first module
+    holding each config object)."""
+    seen, out = set(), {}
+    for name, m in model.named_modules():
+        config = getattr(m, "config", None)
+        widths = {a: v for a in CONFIG_ATTRS if isinstance(v := getattr(config, a, None), int)
+                  and not isinstance(v, bool)}
+        if widths and id(config) not in seen:
+            seen.add(id(config))
+            out[name] = widths
     return out
 
 
@@ -179,6 +197,11 @@ def rebuild(structure: dict[str, Any]) -> nn.Module:
         if fresh is not None:
             model.set_submodule(name, fresh)
             changed = True
+    for name, widths in (structure.get("configs") or {}).items():
+        config = getattr(model.get_submodule(name), "config", None)
+        for a, v in widths.items():
+            if config is not None and a in CONFIG_ATTRS:
+                setattr(config, a, v)
     example = example_inputs(structure, 2)
     if changed:
         _fit_batchnorms(model, example)

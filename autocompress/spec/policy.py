@@ -53,6 +53,10 @@ class PruningPolicy:
                                 low=-1.0, high=0.95)
     head_ratio: float = _knob(0.0, "structured/gradual on transformers: fraction of each attention layer's heads "
                                    "removed (0 = heads kept; `ratio` prunes the FFN neurons)", low=0.0, high=0.95)
+    hidden_ratio: float = _knob(0.0, "structured/gradual on transformers: fraction of the hidden size (the residual "
+                                     "stream: embeddings, LayerNorms, attention and FFN inputs and outputs) removed, "
+                                     "the kept width a multiple of 8 and at least 8 (0 = hidden size kept)",
+                                low=0.0, high=0.75)
     protect: tuple[str, ...] = _knob((), "module names never pruned (first conv and classifier "
                                          "are protected automatically)")
 

@@ -19,7 +19,8 @@ all can be pruned does the trial fail.
 
 The same planning, masks, cuts and verification serve the whole model and the blocks of it
 traced alone (``graph.Scope``): a cut inside a block that would change what the block takes or
-gives is left whole, with the reason.
+gives is left whole, with the reason. A transformer's hidden size (its residual stream) is never
+cut here: ``hidden_width`` cuts it at ``pruning.hidden_ratio``, verified otherwise.
 """
 
 from __future__ import annotations
@@ -34,15 +35,15 @@ from torch import nn
 from autocompress.compress.base import TechniqueContext
 from autocompress.compress.pruning.graph import ROOTS, CannotTrace, Scope
 from autocompress.compress.pruning.heads import attention_modules, sync_head_counts, whole_heads
+from autocompress.compress.pruning.hidden_width import LEFT_WHOLE as HIDDEN_WHOLE, is_hidden_group
 from autocompress.compress.pruning.allocation import global_counts, layer_ratios
+from autocompress.compress.pruning.importance import group_importance, taylor_gradients
 from autocompress.compress.pruning.plan import Masks, protected_layers
 from autocompress.errors import TrialFailed
 from autocompress.spec.policy import PruningPolicy
 from autocompress.utils import error_line
-from autocompress.zoo.data import make_loader
 
 VERIFY_RTOL = 1e-4          # of the largest |output|: float rounding of a smaller sum
-TAYLOR_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -66,26 +67,6 @@ class Cuts:
     protected: tuple[str, ...] = ()
 
 
-def _importance(criterion: str) -> tp.importance.Importance:
-    if criterion == "fpgm":
-        return tp.importance.FPGMImportance(p=2)
-    if criterion == "taylor":
-        return tp.importance.GroupTaylorImportance()
-    return tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
-
-
-def _taylor_gradients(model: nn.Module, ctx: TechniqueContext) -> None:
-    """Accumulate the task loss's gradients over training batches (Taylor importance reads them)."""
-    model.zero_grad(set_to_none=True)
-    was_training = model.training
-    model.eval()   # BatchNorm statistics stay as they are
-    for i, (x, y) in enumerate(make_loader(ctx.data.train, 32, shuffle=True, seed=ctx.seed)):
-        if i >= TAYLOR_BATCHES:
-            break
-        nn.functional.cross_entropy(model(x), y).backward()
-    model.train(was_training)
-
-
 def plan_groups(model: nn.Module, scope: Scope, p: PruningPolicy, ctx: TechniqueContext,
                 fraction: float = 1.0) -> Cuts:
     """The channels to cut in each group, at ``fraction`` of each root layer's ratio."""
@@ -93,9 +74,9 @@ def plan_groups(model: nn.Module, scope: Scope, p: PruningPolicy, ctx: Technique
     protected = set(protected_layers(model, p.protect))
     roots = [n for n, m in model.named_modules() if isinstance(m, ROOTS) and n not in protected]
     ratios = layer_ratios(roots, p, model, getattr(ctx, "sensitivity", None))
-    imp = _importance(p.criterion)
+    imp = group_importance(p.criterion)
     if p.criterion == "taylor":
-        _taylor_gradients(model, ctx)
+        taylor_gradients(model, ctx)
     cuts = Cuts(protected=tuple(n for n, _ in model.named_modules() if n in protected))
     heads = {proj: a for a in attention_modules(model) for proj in a.projections}
     scored = []   # (root, resized, width, ratio, scores, attention, block) of every group that may be cut
@@ -103,6 +84,10 @@ def plan_groups(model: nn.Module, scope: Scope, p: PruningPolicy, ctx: Technique
         for group in graph.get_all_groups(ignored_layers=[], root_module_types=ROOTS):
             root = names.get(group[0].dep.target.module, "?")
             resized = tuple(dict.fromkeys(names[i.dep.target.module] for i in group if i.dep.target.module in names))
+            if is_hidden_group(graph, group, names, heads):   # cut by hidden_ratio alone (hidden_width)
+                if p.hidden_ratio <= 0:
+                    cuts.left_whole[root] = HIDDEN_WHOLE
+                continue
             tied = [n for i in group if graph.is_out_channel_pruning_fn(i.dep.handler)
                     and (n := names.get(i.dep.target.module)) in protected]
             if tied:

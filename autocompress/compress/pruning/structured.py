@@ -8,6 +8,8 @@ hook tracer cannot. Third, when NNI cannot shrink it either: Torch-Pruning block
 (``coupling.block_scope``), the channels internal to the blocks it can trace alone. The proof names
 the engine and, for Torch-Pruning, every group cut (root, layers resized, channels before and
 after) and every group left whole with the reason. A trial fails only when all three find nothing.
+On a transformer, ``pruning.hidden_ratio`` first cuts the hidden size (``hidden_width``), verified
+its own way since a LayerNorm over it makes removing differ from zeroing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 from autocompress.compress.pruning.coupling import Cuts, group_masks, plan_groups, shrink_groups
 from autocompress.compress.pruning.engine import shrink
 from autocompress.compress.pruning.graph import CannotTrace, Scope, block_scope
+from autocompress.compress.pruning.hidden_width import prune_hidden
 from autocompress.compress.pruning.masks import MaskedWeights, criterion_masks
 from autocompress.compress.pruning.plan import channel_sparsity, out_widths, plan_structured, with_norms, zero_fraction
 from autocompress.compress.pruning.techniques import PruningBase, pruning_steps, scheduled_ratio
@@ -44,8 +47,13 @@ class StructuredPruning(PruningBase):
         example, was_training = self.ctx.example_batch(2), model.training
         model.eval()
         before, params_before = out_widths(model), _count(model)
+        hidden = self._hidden(model, example)
         if self.p.ratio <= 0 and self.p.ratio_early <= 0 and self.p.ratio_late <= 0:
-            self.facts.update(engine="none", channels_kept={}, sparsity=0.0)   # a ratio of 0: nothing to remove
+            if hidden:   # only the hidden size goes
+                self.facts.update(engine="torch-pruning", criterion=self.p.criterion)
+                self._record_widths(model, before, params_before)
+            else:
+                self.facts.update(engine="none", channels_kept={}, sparsity=0.0)   # a ratio of 0: nothing to remove
             model.train(was_training)
             return model
         try:
@@ -74,6 +82,14 @@ class StructuredPruning(PruningBase):
             self.facts["engine_fallback"] = (f"Torch-Pruning: {whole}; NNI: {nni.reason}; Torch-Pruning pruned the "
                                              f"channels internal to {len(scope.blocks)} blocks traced alone instead")
         return model
+
+    def _hidden(self, model: nn.Module, example: torch.Tensor) -> bool:
+        """Cut ``hidden_ratio`` of a transformer's hidden size first (before training, and before the
+        other groups are planned on the narrower model); whether it did."""
+        if self.p.hidden_ratio <= 0:
+            return False
+        self.facts.update(prune_hidden(model, example, self.p, self.ctx))
+        return True
 
     # -- Torch-Pruning ---------------------------------------------------------------------------
     def _coupled(self, model: nn.Module, example: torch.Tensor, scope: Scope, fraction: float) -> Cuts:
@@ -127,6 +143,7 @@ class GradualPruning(StructuredPruning):
         example, was_training = self.ctx.example_batch(2), model.training
         model.eval()
         self.total_steps, self.steps_done = pruning_steps(self.ctx.epochs), 0
+        self._hidden(model, example)   # the hidden size goes at once, before fine-tuning
         self.widths = out_widths(model)
         self.cuts, self.masks = Cuts(), {}
         self.scope, self.left_whole = Scope.whole(example), {}

@@ -61,14 +61,17 @@ class PruningBase(Technique):
         p = policy.pruning
         what = f"weight {p.scope}" if p.method == "weight" else f"{p.method} {p.criterion}"
         heads = p.head_ratio > 0 and p.method != "weight"
+        hidden = f"hidden {p.hidden_ratio:g}" if p.hidden_ratio > 0 and p.method != "weight" else ""
         stages = (p.ratio_stage1, p.ratio_stage2, p.ratio_stage3, p.ratio_stage4)
         per_layer = ("" if p.method == "weight" or p.allocation == "uniform" else f" by {p.allocation}") + (
             " stages " + "/".join("-" if r < 0 else f"{r:.0%}" for r in stages) if any(r >= 0 for r in stages) else "")
         line = (f"pruning: {p.method}, criterion {p.criterion}, ratio {p.ratio:g}"
                 + (f", heads {p.head_ratio:g}" if heads else "")
+                + (f", {hidden}" if hidden else "")
                 + (f", schedule {p.schedule}" if p.method == "gradual" else "")
                 + (f", scope {p.scope}" if p.method == "weight" else "") + per_layer.replace(" by ", ", allocation "))
-        summary = f"{what} {p.ratio:.0%}" + (f" heads {p.head_ratio:.0%}" if heads else "") + per_layer
+        summary = (f"{what} {p.ratio:.0%}" + (f" heads {p.head_ratio:.0%}" if heads else "")
+                   + (f" hidden {p.hidden_ratio:.0%}" if hidden else "") + per_layer)
         return Declaration(label=f"{p.method} pruning", summary=summary, structural=True,
                            structure_final_after_compress=cls.structure_final_after_compress,
                            card_line=line)
