@@ -128,3 +128,26 @@ def test_the_candidate_step_trains_a_non_dominated_candidate(tmp_path: Path, mon
                        for c in usable)
     # the chosen candidate's preview was cached: the trial reused it instead of measuring again
     assert all(t.preview is not None for t in trials)
+
+
+@pytest.mark.slow
+def test_the_search_efficiency_benchmark_runs_end_to_end(tmp_path: Path, capsys):
+    """benchmarks/search_efficiency.py in its tiny configuration, so the script cannot rot."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "search_efficiency.py"
+    spec = importlib.util.spec_from_file_location("search_efficiency", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    summary = bench.main(["--task", "digits", "--n", "1", "--k", "1", "--seeds", "0", "--tiny",
+                          "--arms", "random", "new", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert set(summary) == {"random", "new", "_budget"}
+    assert list(summary["random"]["hv_at"]) == [1, 2] and list(summary["new"]["hv_at"]) == [1]  # 2N and N trials
+    for arm in ("random", "new"):
+        assert all(0.0 <= mean <= 1.0 for mean, _ in summary[arm]["hv_at"].values())
+        assert summary[arm]["equal_epochs"][0] <= max(m for m, _ in summary[arm]["hv_at"].values())
+    assert "target: new HV at 1" in printed and "equal compute" in printed
+    # every arm's study carries the extra params constraint (60% of the baseline's)
+    stored = (tmp_path / "digits-new-seed0" / "study.yaml").read_text()
+    assert "params <= " in stored
