@@ -13,8 +13,8 @@ training. The arms (--arms picks some):
   previous   the previous default: TPE, early stopping `dominated` (its constant liar, new
              since, does not change a single worker's trials)
   halving    TPE, successive halving over epochs (eta 3) instead of `dominated`
-  filtered   TPE, `dominated`, and 4 candidates previewed per trial (search.candidates)
-  new        the new default (the study file's defaults), N trials
+  filtered   TPE, `dominated`, and 8 candidates previewed per trial (search.candidates)
+  new        the new default: TPE, `dominated`, 4 candidates previewed per trial, N trials
   new-off    the new default without pre-screening and early stopping, N trials
 
 Every arm but new-off runs with pre-screening on. Hypervolume is that of the feasible front
@@ -28,6 +28,7 @@ over seeds, with the issue's targets.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -53,9 +54,9 @@ ARMS = {
     "random": dict(sampler="random", early_stopping="dominated"),
     "previous": dict(sampler="tpe", early_stopping="dominated", candidates=1),
     "halving": dict(sampler="tpe", early_stopping={"rule": "halving", "eta": 3}),
-    "filtered": dict(sampler="tpe", early_stopping="dominated", candidates=4),
-    "new": {},
-    "new-off": dict(prescreen=False, early_stopping="none"),
+    "filtered": dict(sampler="tpe", early_stopping="dominated", candidates=8),
+    "new": dict(sampler="tpe", early_stopping="dominated", candidates=4),
+    "new-off": dict(sampler="tpe", prescreen=False, early_stopping="none", candidates=4),
 }
 
 
@@ -168,15 +169,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["random", "previous", "new", "new-off"])
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-efficiency")
+    ap.add_argument("--summarize", action="store_true", help="only summarize the runs saved by an earlier call")
     ap.add_argument("--tiny", action="store_true", help="1-epoch trials on a tenth of the data (the suite's check)")
     args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are recorded, not logged
     tiny = {"epochs": 1, "train_fraction": 0.1} if args.tiny else {}
+    saved = args.out / f"rows-{args.task}-n{args.n}.json"   # each finished run, so a partial benchmark still counts
     rows: dict[str, list[dict]] = {arm: [] for arm in args.arms}
-    for seed in args.seeds:
+    if args.summarize:
+        rows = {arm: runs for arm, runs in json.loads(saved.read_text()).items() if arm in args.arms and runs}
+    for seed in [] if args.summarize else args.seeds:
         for arm in args.arms:   # arms interleaved per seed: the machine's drift hits all alike
             r = run_arm(args.task, arm, args.n, seed, args.out, tiny)
             rows[arm].append(r)
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(rows))
             print(f"seed {seed} {arm}: {r['trials']} trials, HV {r['curve'][-1][2]:.3f}, "
                   f"{r['curve'][-1][0]:.0f} epochs, {r['wall']:.0f} s, {r['states']}", flush=True)
     summary = summarize(rows, args.n, args.k)

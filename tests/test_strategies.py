@@ -11,7 +11,7 @@ import pytest
 from autocompress.errors import ConfigError
 from autocompress.search import candidates as cand
 from autocompress.search import record
-from autocompress.search.early_stopping import early_stop_func, fronts, promoted, rungs
+from autocompress.search.early_stopping import crowding, early_stop_func, fronts, promoted, rungs
 from autocompress.search.study import run_study
 from autocompress.spec.config import spec_from_dict
 from autocompress.spec.policy import Policy
@@ -68,6 +68,18 @@ def test_promotion_rule_on_crafted_points():
     others = [(-0.9, 1.0), (-0.8, 1.1), (-0.3, 3.0), (-0.2, 3.0), (-0.1, 3.0)]
     assert promoted((-0.7, 1.2), others, eta=2)      # behind 2 of 6
     assert not promoted((-0.25, 3.5), others, eta=2)  # behind 5 of 6
+
+
+def test_a_large_first_front_is_cut_by_crowding_distance():
+    # five trials on one front, eta 3: about 1/3 go on, the extremes first, not the whole front
+    line = [(-0.9, 5.0), (-0.8, 4.0), (-0.7, 3.0), (-0.6, 2.0), (-0.5, 1.0)]
+    assert fronts(line) == [0] * 5
+    assert crowding(line) == [float("inf"), 1.0, 1.0, 1.0, float("inf")]
+    assert promoted(line[0], line[1:], eta=3) and promoted(line[4], line[:4], eta=3)
+    assert not promoted(line[2], line[:2] + line[3:], eta=3)   # two extremes come before it
+    # an isolated point of the front comes before crowded ones
+    spread = [(-0.9, 5.0), (-0.85, 4.9), (-0.84, 4.8), (-0.2, 1.0), (-0.6, 3.0)]
+    assert crowding(spread)[4] > crowding(spread)[1]
 
 
 def test_halving_promotes_and_stops_on_crafted_curves():

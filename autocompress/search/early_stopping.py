@@ -12,9 +12,9 @@ runtimes and how noisy they are comes from the metric registry.
 
 Rule ``halving`` is asynchronous successive halving with a multi-objective promotion rule:
 the rungs are epochs ``min_epochs * eta**k`` below the trial's last epoch; at a rung a trial
-goes on only if fewer than ``1/eta`` of the trials that reached that rung before it (with
-comparable costs, as above) lie in strictly better non-dominated fronts of (val accuracy at
-that rung, previewed cost objectives). Short fine-tunes for many, the full budget for the
+goes on only if fewer than ``1/eta`` of the trials that reached that rung (with comparable
+costs, as above) come before it in NSGA-II's order of (val accuracy at that rung, previewed
+cost objectives): non-dominated front first, then crowding distance. Short fine-tunes for many, the full budget for the
 promising: the epochs it saves buy more trials within a compute budget.
 """
 
@@ -85,14 +85,33 @@ def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
 
 
+def crowding(points: list[tuple[float, ...]]) -> list[float]:
+    """NSGA-II's crowding distance of each point within ``points`` (one front): the sum over
+    objectives of the normalized gap between its neighbours; the extremes get infinity."""
+    n = len(points)
+    dist = [0.0] * n
+    for m in range(len(points[0]) if points else 0):
+        order = sorted(range(n), key=lambda i: points[i][m])
+        lo, hi = points[order[0]][m], points[order[-1]][m]
+        dist[order[0]] = dist[order[-1]] = float("inf")
+        for prev, i, nxt in zip(order, order[1:], order[2:]):
+            dist[i] += (points[nxt][m] - points[prev][m]) / (hi - lo) if hi > lo else 0.0
+    return [round(d, 9) for d in dist]   # equal gaps tie, whatever the float rounding
+
+
 def promoted(me: tuple[float, ...], others: list[tuple[float, ...]], eta: int) -> bool:
     """Whether a trial at a rung goes on: fewer than ``(len(others) + 1) / eta`` of the rung's
-    trials lie in strictly better fronts than it (a rung with fewer than ``eta`` trials promotes all)."""
-    if len(others) + 1 < eta:
+    trials come strictly before it in NSGA-II's order (front index, then crowding distance,
+    larger first), so a rung keeps about 1/eta of its trials however many share the first
+    front. A rung with fewer than ``eta`` trials promotes all."""
+    points = [me, *others]
+    if len(points) < eta:
         return True
-    rank = fronts([me, *others])
-    better = sum(r < rank[0] for r in rank[1:])
-    return better < (len(others) + 1) / eta
+    rank = fronts(points)
+    members = [i for i, r in enumerate(rank) if r == rank[0]]
+    crowd = dict(zip(members, crowding([points[i] for i in members])))
+    ahead = sum(r < rank[0] or (r == rank[0] and crowd[i] > crowd[0]) for i, r in enumerate(rank) if i)
+    return ahead < len(points) / eta
 
 
 def _halving(spec: StudySpec, study: optuna.Study, comparable: Callable[[TrialRecord, Preview], str], *,
