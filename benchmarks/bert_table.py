@@ -1,11 +1,12 @@
 """The BERT -> DistilBERT table in kind, on the text demo (run on purpose, after the demo study).
 
     python benchmarks/bert_table.py [--run runs/text-bert] [--epochs 4] [--seq-len 128] [--out DIR]
+                                    [--trial N ...]
 
 Side by side in one process: the study's teacher, a hand-made DistilBERT-style student (every
 other layer kept, initialised from the teacher's, distilled with soft targets and hidden states,
 ``autocompress apply`` for --epochs), and the searched front's knee (``autocompress export``, the
-default rule). Every model runs in the teacher's own runtime (eager PyTorch, each in its number
+default rule), and any other trials named with --trial (front points worth a row). Every model runs in the teacher's own runtime (eager PyTorch, each in its number
 format), so a speedup is the compression's, not a runtime switch's. Latency at batch 1 and 32 on
 token ids padded to --seq-len, measured interleaved (``measure_side_by_side``: the ratios to the
 teacher are medians of per-round ratios); accuracy on the held-out test split. Prints a markdown
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4, help="fine-tune epochs of the hand-made student")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--out", type=Path, default=Path("runs/bench-bert-table"))
+    ap.add_argument("--trial", type=int, action="append", default=[], help="also a row for this trial")
     args = ap.parse_args()
     torch.set_num_threads(1)
     spec = load_study_spec(args.run / "study.yaml")
@@ -66,11 +68,16 @@ def main() -> None:
               "DistilBERT-style student": load_exported(args.out / "student", reads_text=False),
               f"searched knee (trial {knee_policy['study']['trial']})": load_exported(args.out / "knee",
                                                                                    reads_text=False)}
+    folders = ["student", "knee"]
+    for n in args.trial:
+        cli("export", str(args.run), "--trial", str(n), "--out", str(args.out / f"trial{n}"))
+        models[f"searched trial {n}"] = load_exported(args.out / f"trial{n}", reads_text=False)
+        folders.append(f"trial{n}")
     ids = fit_length(torch.stack([data.test[i][0] for i in range(32)]), args.seq_len, data.text.pad_id)
     # params as the trials count them (int8 layers' packed weights included; count_params sees
     # only float tensors): from each bundle's metrics.json, the teacher's own
     params = {"teacher": count_params(teacher)[0]}
-    for name, folder in zip(list(models)[1:], ("student", "knee")):
+    for name, folder in zip(list(models)[1:], folders):
         params[name] = json.loads((args.out / folder / "metrics.json").read_text())["metrics"]["params"]
     rows = {name: {"params": params[name], "mb": size_mb(m),
                    "test": evaluate(m, make_loader(data.test, 256, shuffle=False), "cpu")}

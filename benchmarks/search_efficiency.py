@@ -108,11 +108,23 @@ def run_arm(task: str, arm: str, n: int, seed: int, out: Path, tiny: dict) -> di
     spec = arm_spec(task, arm, n, seed, tiny)
     start = time.time()
     run = run_study(spec, out=out / f"{task}-{arm}-seed{seed}", log=lambda m: None)
-    wall = time.time() - start
-    base = study_info(run.study).baseline_metrics
-    trials = [t for t in read_all(run.study) if not t.baseline]
+    return {**measured(run.study), "wall": time.time() - start}
+
+
+def measured(study: optuna.Study) -> dict:
+    """The curve of a finished study: its counted trials in order (a trial failed by a heartbeat,
+    its worker killed, ran again and is left out)."""
+    base = study_info(study).baseline_metrics
+    trials = [t for t in read_all(study) if t.counted]
     states = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
-    return dict(curve=curve(trials, base), wall=wall, states=states, trials=len(trials))
+    return dict(curve=curve(trials, base), states=states, trials=len(trials))
+
+
+def reread(rows: dict[str, list[dict]], task: str, out: Path) -> dict[str, list[dict]]:
+    """Every saved run's curve computed again from its study (--summarize)."""
+    from autocompress.search.results import load_results
+    return {arm: [{**r, **measured(load_results(str(out / f"{task}-{arm}-seed{r['seed']}")).study)} for r in runs]
+            for arm, runs in rows.items()}
 
 
 def summarize(rows: dict, n: int, k: int) -> dict:
@@ -129,7 +141,7 @@ def summarize(rows: dict, n: int, k: int) -> dict:
             "equal_epochs": stats([at(r["curve"], 0, min_epochs) for r in runs]),
             "equal_wall": stats([at(r["curve"], 1, min_wall) for r in runs]),
             "epochs": stats([r["curve"][-1][0] for r in runs]),
-            "wall": stats([r["wall"] for r in runs]),
+            "wall": stats([r["curve"][-1][1] for r in runs]),
             "states": [r["states"] for r in runs],
         }
     out["_budget"] = {"epochs": min_epochs, "wall": min_wall}
@@ -169,23 +181,27 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["random", "previous", "new", "new-off"])
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-efficiency")
-    ap.add_argument("--summarize", action="store_true", help="only summarize the runs saved by an earlier call")
+    ap.add_argument("--summarize", action="store_true", help="only summarize the runs saved by earlier calls")
     ap.add_argument("--tiny", action="store_true", help="1-epoch trials on a tenth of the data (the suite's check)")
     args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are recorded, not logged
     tiny = {"epochs": 1, "train_fraction": 0.1} if args.tiny else {}
-    saved = args.out / f"rows-{args.task}-n{args.n}.json"   # each finished run, so a partial benchmark still counts
-    rows: dict[str, list[dict]] = {arm: [] for arm in args.arms}
-    if args.summarize:
-        rows = {arm: runs for arm, runs in json.loads(saved.read_text()).items() if arm in args.arms and runs}
+    saved = args.out / f"rows-{args.task}-n{args.n}.json"   # each finished run: a benchmark resumes, and a
+    old = json.loads(saved.read_text()) if saved.exists() else {}   # partial one still counts
+    rows: dict[str, list[dict]] = {arm: [r for r in old.get(arm, []) if "seed" in r] for arm in args.arms}
     for seed in [] if args.summarize else args.seeds:
         for arm in args.arms:   # arms interleaved per seed: the machine's drift hits all alike
-            r = run_arm(args.task, arm, args.n, seed, args.out, tiny)
+            if any(r["seed"] == seed for r in rows[arm]):
+                continue
+            r = {**run_arm(args.task, arm, args.n, seed, args.out, tiny), "seed": seed}
             rows[arm].append(r)
             saved.parent.mkdir(parents=True, exist_ok=True)
-            saved.write_text(json.dumps(rows))
+            saved.write_text(json.dumps({**old, **rows}))
             print(f"seed {seed} {arm}: {r['trials']} trials, HV {r['curve'][-1][2]:.3f}, "
                   f"{r['curve'][-1][0]:.0f} epochs, {r['wall']:.0f} s, {r['states']}", flush=True)
+    rows = {arm: runs for arm, runs in rows.items() if runs}
+    if args.summarize:
+        rows = reread(rows, args.task, args.out)
     summary = summarize(rows, args.n, args.k)
     for line in report(summary, args.n):
         print(line)
