@@ -51,7 +51,7 @@ from autocompress.spec.fields import Constraint  # noqa: E402
 
 TASKS = {"digits": "digits_cnn.yaml", "signals": "signals_cnn.yaml"}
 ARMS = {
-    "random": dict(sampler="random", early_stopping="dominated"),
+    "random": dict(sampler="random", early_stopping="dominated", candidates=1),
     "previous": dict(sampler="tpe", early_stopping="dominated", candidates=1),
     "halving": dict(sampler="tpe", early_stopping={"rule": "halving", "eta": 3}),
     "filtered": dict(sampler="tpe", early_stopping="dominated", candidates=8),

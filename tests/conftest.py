@@ -40,6 +40,7 @@ def tiny_study(**overrides) -> dict:
         "device": "cpu",
         "sampler": "random",
         "seed": 0,
+        "candidates": 1,     # one policy per trial, as sampled (tests of the candidate step set more)
     }
     study.update(overrides)
     return study

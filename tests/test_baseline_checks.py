@@ -126,7 +126,7 @@ def test_mobilenet_v3_teacher_is_above_chance_or_stops_in_one_line(tmp_path):
              "search_space": {"training": {"lr": {"low": 1e-3, "high": 1e-2}}},
              "objectives": [{"metric": "accuracy", "direction": "maximize"}],
              "budget": {"trials": 1, "epochs": 1}, "baseline": {"epochs": 4, "batch_size": 16, "lr": 3e-3},
-             "target": {"device": "cpu", "max_time_s": 0.02}, "device": "cpu", "seed": 0}
+             "target": {"device": "cpu", "max_time_s": 0.02}, "device": "cpu", "seed": 0, "candidates": 1}
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     said: list[str] = []
     try:

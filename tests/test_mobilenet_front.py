@@ -47,7 +47,7 @@ def test_mobilenet_v2_front_has_compressed_points_and_no_runtime_noise_failures(
         "objectives": [{"metric": "accuracy", "direction": "maximize"}, {"metric": "size_mb", "direction": "minimize"}],
         "budget": {"trials": 10, "epochs": 1}, "baseline": {"epochs": 6, "lr": 0.003, "batch_size": 32},
         "target": {"device": "cpu", "batch_size": 1, "threads": 1, "max_time_s": 0.05},
-        "device": "cpu", "sampler": "random", "seed": 0, "early_stopping": "none",
+        "device": "cpu", "sampler": "random", "seed": 0, "early_stopping": "none", "candidates": 1,
         "warm_start": {"recipes": False, "policies": [
             {"quantization": {"mode": "static_int8"}, "runtime": {"backend": "onnxruntime"}},
             {"quantization": {"mode": "fp16"}, "runtime": {"backend": "torchscript"}}]},

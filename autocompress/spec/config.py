@@ -50,9 +50,9 @@ class StudySpec(Strict):
     prescreen: bool = Field(True, description="end a trial before training when a hard constraint "
                                               "is already broken by its structure")
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
-    candidates: int = Field(1, ge=1, le=256, description="policies drawn and previewed per trial; the trial "
+    candidates: int = Field(4, ge=1, le=256, description="policies drawn and previewed per trial; the trial "
                                                          "runs one that no other beats on cost and untrained "
-                                                         "accuracy (1: no filtering)")
+                                                         "accuracy (1: no filtering; docs/BENCHMARKS.md)")
     warm_start: WarmStartSpec = Field(default_factory=WarmStartSpec)
     heartbeat: HeartbeatSpec = Field(default_factory=HeartbeatSpec)
 
