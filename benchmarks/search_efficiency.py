@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
             saved.write_text(json.dumps({**old, **rows}))
             print(f"seed {seed} {arm}: {r['trials']} trials, HV {r['curve'][-1][2]:.3f}, "
                   f"{r['curve'][-1][0]:.0f} epochs, {r['wall']:.0f} s, {r['states']}", flush=True)
+    rows = {arm: [r for r in runs if r["seed"] in args.seeds] for arm, runs in rows.items()}
     rows = {arm: runs for arm, runs in rows.items() if runs}
     if args.summarize:
         rows = reread(rows, args.task, args.out)
