@@ -163,3 +163,16 @@ def test_the_search_efficiency_benchmark_runs_end_to_end(tmp_path: Path, capsys)
     # every arm's study carries the extra params constraint (60% of the baseline's)
     stored = (tmp_path / "digits-new-seed0" / "study.yaml").read_text()
     assert "params <= " in stored
+
+
+def test_a_candidate_step_that_cannot_draw_leaves_the_trial_to_the_sampler(tmp_path: Path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("sampler copy refused")
+
+    monkeypatch.setattr(cand, "draw", broken)
+    said: list[str] = []
+    spec = _spec(candidates=3, budget={"trials": 1, "epochs": 1, "train_fraction": 0.2})
+    run = run_study(spec, out=tmp_path / "run", log=said.append)
+    trials = [t for t in record.read_all(run.study) if not t.baseline]
+    assert len(trials) == 1 and trials[0].state.name == "COMPLETE" and trials[0].candidates is None
+    assert any("candidate step could not draw (RuntimeError: sampler copy refused)" in m for m in said)

@@ -39,6 +39,7 @@ from autocompress.trial.plan import TrialPlan
 from autocompress.trial.run import preview_policy
 from autocompress.utils import error_line
 
+
 @dataclass(frozen=True)
 class Candidate:
     """One drawn policy and what its preview said: ``point`` (objectives to minimize: minus
@@ -102,11 +103,17 @@ def judge(spec: StudySpec, ctx: TrialContext, params: dict, policy: Policy) -> C
 def enqueue_filtered(study: optuna.Study, spec: StudySpec, space: SearchSpace, ctx: TrialContext,
                      log: Callable[[str], None] = lambda m: None) -> Candidate | None:
     """Draw ``spec.candidates`` policies, keep the non-dominated ones, enqueue the first kept
-    (returned); None (the sampler proposes the trial as usual) when none is left."""
+    (returned; its summary is the trial's ``candidate_filter`` attribute); None (the sampler
+    proposes the trial as usual) when none is left or the draw fails (``log`` says why)."""
     if any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
         return None   # a warm start or a retry goes first
     start = time.perf_counter()
-    judged = [judge(spec, ctx, params, policy) for params, policy in draw(study, spec, space, spec.candidates)]
+    try:
+        drawn = draw(study, spec, space, spec.candidates)
+    except Exception as exc:   # the search goes on: this trial is sampled as usual
+        log(f"warning: the candidate step could not draw ({error_line(exc, 200)}); the sampler proposes this trial")
+        return None
+    judged = [judge(spec, ctx, params, policy) for params, policy in drawn]
     usable = [c for c in judged if c.out is None]
     if not usable:
         return None
@@ -115,5 +122,4 @@ def enqueue_filtered(study: optuna.Study, spec: StudySpec, space: SearchSpace, c
     summary = {"drawn": len(judged), "screened_out": len(judged) - len(usable), "kept": len(kept),
                "seconds": round(time.perf_counter() - start, 3)}
     study.enqueue_trial(chosen.params, user_attrs=candidate_attrs(summary), skip_if_exists=False)
-    log(f"candidates: {summary}")
     return chosen

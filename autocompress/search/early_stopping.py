@@ -14,8 +14,9 @@ Rule ``halving`` is asynchronous successive halving with a multi-objective promo
 the rungs are epochs ``min_epochs * eta**k`` below the trial's last epoch; at a rung a trial
 goes on only if fewer than ``1/eta`` of the trials that reached that rung (with comparable
 costs, as above) come before it in NSGA-II's order of (val accuracy at that rung, previewed
-cost objectives): non-dominated front first, then crowding distance. Short fine-tunes for many, the full budget for the
-promising: the epochs it saves buy more trials within a compute budget.
+cost objectives): non-dominated front first, then crowding distance. Short fine-tunes for
+many, the full budget for the promising: the epochs it saves buy more trials within a compute
+budget.
 """
 
 from __future__ import annotations

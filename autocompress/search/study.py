@@ -187,7 +187,7 @@ def optimize(run: StudyRun, *, n_trials: int | None = None, timeout: float | Non
     lock = lambda: budget_lock(run.study, run.storage_url, run.run_dir)  # noqa: E731
     before = None
     if run.spec.candidates > 1:
-        before = lambda: enqueue_filtered(run.study, run.spec, run.space, run.ctx)  # noqa: E731
+        before = lambda: enqueue_filtered(run.study, run.spec, run.space, run.ctx, run.log)  # noqa: E731
     with budgeted_ask(run.study, budget, lock, before):
         while timeout is None or time.monotonic() - start < timeout:
             try:
