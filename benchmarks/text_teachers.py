@@ -1,8 +1,8 @@
 """What a 2-, 4- and 6-layer BERT reach on the built-in text task (run on purpose).
 
-    python benchmarks/text_teachers.py [--epochs 12] [--layers 2,4,6] [--hidden 64] [--seq-len 48]
+    python benchmarks/text_teachers.py [--epochs 12] [--layers 2,4,6] [--hidden 64] [--ffn 2] [--seq-len 48]
 
-Each BERT is built from a config (random init, hidden size --hidden, 4 heads, FFN 2x hidden) on
+Each BERT is built from a config (random init, hidden size --hidden, 4 heads, FFN --ffn x hidden) on
 the built-in ``reviews`` task (``zoo.reviews``: 2000 train / 400 val / 400 test, WordPiece
 vocabulary of 1000 trained on the training texts), trained the way a study trains its baseline
 (``trial.baseline.baseline_recipe``: AdamW, cosine schedule, batch 32) at each learning rate of
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--layers", default="2,4,6")
     ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--ffn", type=int, default=2, help="FFN width as a multiple of the hidden size")
     ap.add_argument("--seq-len", type=int, default=48)
     ap.add_argument("--lrs", default="0.001,0.003")
     args = ap.parse_args()
@@ -43,7 +44,7 @@ def main() -> None:
         for lr in (float(x) for x in args.lrs.split(",")):
             torch.manual_seed(0)
             config = {"model_type": "bert", "hidden_size": args.hidden, "num_hidden_layers": layers,
-                      "num_attention_heads": 4, "intermediate_size": 2 * args.hidden}
+                      "num_attention_heads": 4, "intermediate_size": args.ffn * args.hidden}
             model = build_model(ModelSpec(transformers={"config": config}), num_classes=data.num_classes,
                                 input_shape=data.input_shape, text=data.text)
             policy = Policy(training=TrainingPolicy(optimizer="adamw", lr=lr, weight_decay=1e-4, schedule="cosine",
@@ -59,7 +60,7 @@ def main() -> None:
                 lat = measure_latency(model.eval(), x, device="cpu", batch_size=1, threads=1, max_time_s=1.0)
                 best = (lr, val, test, count_params(model)[0], lat.median_ms, wall)
         rows.append((layers, *best))
-    print(f"\n{args.epochs} epochs, hidden {args.hidden}, seq_len {args.seq_len}\n")
+    print(f"\n{args.epochs} epochs, hidden {args.hidden}, FFN {args.ffn * args.hidden}, seq_len {args.seq_len}\n")
     print("| layers | lr | val acc | test acc | params | latency ms (batch 1) | train s |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for layers, lr, val, test, params, lat, wall in rows:

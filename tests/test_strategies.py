@@ -142,6 +142,21 @@ def test_the_candidate_step_trains_a_non_dominated_candidate(tmp_path: Path, mon
     assert all(t.preview is not None for t in trials)
 
 
+def test_a_gradual_candidate_is_judged_on_its_one_shot_twin(digits_ctx):
+    """Gradual pruning's channels go only after fine-tuning; its final structure is the one-shot
+    one at the same ratio, so the candidate step judges it on that (unjudged, it would always be
+    kept, and picked more often than the sampler proposes it)."""
+    spec = _spec(objectives=[{"metric": "accuracy", "direction": "maximize"},
+                             {"metric": "params", "direction": "minimize"}])
+    pruned = {"pruning": {"method": "gradual", "ratio": 0.5}}
+    gradual = cand.judge(spec, digits_ctx, {}, Policy.from_dict(pruned))
+    twin = cand.judge(spec, digits_ctx, {}, Policy.from_dict({"pruning": {"method": "structured", "ratio": 0.5}}))
+    whole = cand.judge(spec, digits_ctx, {}, Policy())
+    assert gradual.point is not None and gradual.point == twin.point
+    assert gradual.point[1] < whole.point[1]           # judged on the shrunk structure's params
+    assert gradual.policy.pruning.method == "gradual"  # the trial still runs the gradual schedule
+
+
 @pytest.mark.slow
 def test_the_search_efficiency_benchmark_runs_end_to_end(tmp_path: Path, capsys):
     """benchmarks/search_efficiency.py in its tiny configuration, so the script cannot rot."""

@@ -9,14 +9,17 @@ preview already breaks a hard constraint, and keeps those no other candidate bea
 previewed cost objective and on untrained accuracy (``non_dominated``). The first kept
 candidate, in draw order, is enqueued and becomes the trial; fine-tuning is spent only on it.
 
-Candidates whose costs are not final before training (gradual pruning) cannot be judged and
-are kept. The previews are cached like a trial's, so the chosen candidate's trial does not
+Gradual pruning removes its channels only after fine-tuning, at the ratios one-shot structured
+pruning removes at once, so its final costs are that structure's: a gradual candidate is judged
+on the one-shot twin's preview (``judged_as``). Kept unjudged, it would survive every filter
+and be picked far more often than the sampler proposes it. The previews are cached like a trial's, so the chosen candidate's trial does not
 measure its costs again; the time they take counts in the search's wall time (the candidate
 step runs inside the trial budget's lock, so the trial it enqueues is the next one asked).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -80,11 +83,22 @@ def draw(study: optuna.Study, spec: StudySpec, space: SearchSpace, count: int) -
     return out
 
 
+def judged_as(policy: Policy) -> Policy:
+    """The policy whose preview stands for ``policy``'s: gradual pruning ends in the structure
+    that one-shot structured pruning at the same ratios builds before training (same channels
+    counted per layer, so the same params, FLOPs, size and latency), and its untrained accuracy
+    is that structure's; any other policy stands for itself."""
+    if policy.pruning.method != "gradual":
+        return policy
+    return dataclasses.replace(policy, pruning=dataclasses.replace(policy.pruning, method="structured"))
+
+
 def judge(spec: StudySpec, ctx: TrialContext, params: dict, policy: Policy) -> Candidate:
-    """Preview one candidate (``Candidate.out`` says why it cannot be the next trial)."""
-    plan = TrialPlan(policy)
+    """Preview one candidate (``Candidate.out`` says why it cannot be the next trial); a gradual
+    one on its one-shot twin (``judged_as``)."""
+    plan = TrialPlan(judged_as(policy))
     try:
-        preview, accuracy = preview_policy(policy, ctx)
+        preview, accuracy = preview_policy(plan.policy, ctx)
     except TrialFailed as exc:
         return Candidate(params, policy, out=exc.reason)
     except Exception as exc:   # a technique that cannot apply to this model
