@@ -26,7 +26,7 @@ runner = CliRunner()
 
 # tiny and fast: an MLP, no fine-tuning, a short latency measurement
 FAST = dict(model={"builtin": "mlp", "kwargs": {"hidden": 16, "depth": 1}},
-            budget={"trials": 60, "epochs": 0, "train_fraction": 0.05},
+            budget={"trials": 40, "epochs": 0, "train_fraction": 0.05},
             target={"device": "cpu", "batch_size": 1, "threads": 1, "max_time_s": 0.01},
             early_stopping="none", warm_start={"recipes": False})
 
@@ -44,7 +44,7 @@ def _check_exact(study, n):
     assert all("accuracy" in r.metrics for r in searched)
 
 
-def test_four_workers_on_postgres_finish_exactly_60_trials(write_study, tmp_path, postgres_url):
+def test_four_workers_on_postgres_finish_exactly_40_trials(write_study, tmp_path, postgres_url):
     study_file = write_study(name="pg-study", **FAST)
     start = time.time()
     result = runner.invoke(app, ["search", str(study_file), "--out", str(tmp_path / "run"),
@@ -53,25 +53,25 @@ def test_four_workers_on_postgres_finish_exactly_60_trials(write_study, tmp_path
     assert result.exit_code == 0, result.output
     assert PG_PASSWORD not in result.output
     study = optuna.load_study(study_name="pg-study", storage=postgres_url)
-    _check_exact(study, 60)
+    _check_exact(study, 40)
     pids = {r.worker_pid for r in _searched(study)}
     assert None not in pids
-    print(f"\n4 workers x PostgreSQL: 60 trials in {elapsed:.1f} s, {len(pids)} workers ran trials")
+    print(f"\n4 workers x PostgreSQL: 40 trials in {elapsed:.1f} s, {len(pids)} workers ran trials")
     assert len(pids) >= 2
 
     status = runner.invoke(app, ["status", "pg-study", "--storage", postgres_url])
-    assert status.exit_code == 0 and "60 complete" in status.output
+    assert status.exit_code == 0 and "40 complete" in status.output
     assert PG_PASSWORD not in status.output
 
 
-def test_two_workers_on_the_embedded_store_finish_exactly_30_trials(write_study, tmp_path):
-    study_file = write_study(**{**FAST, "budget": {**FAST["budget"], "trials": 30}})
+def test_two_workers_on_the_embedded_store_finish_exactly_20_trials(write_study, tmp_path):
+    study_file = write_study(**{**FAST, "budget": {**FAST["budget"], "trials": 20}})
     start = time.time()
     result = runner.invoke(app, ["search", str(study_file), "--out", str(tmp_path / "run"), "--workers", "2"])
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
-    _check_exact(study, 30)
-    print(f"\n2 workers x SQLite: 30 trials in {time.time() - start:.1f} s")
+    _check_exact(study, 20)
+    print(f"\n2 workers x SQLite: 20 trials in {time.time() - start:.1f} s")
 
 
 def test_a_worker_joins_from_the_storage_alone(write_study, tmp_path, postgres_url):
