@@ -1,23 +1,32 @@
 """Per-layer against uniform policies: the same study, budget and seeds, with and without the
 per-layer knobs (run on purpose; figures in docs/BENCHMARKS.md).
 
-    python benchmarks/per_layer.py [--n 8] [--seeds 0 1 2] [--out runs/bench-per-layer] [--tiny]
+    python benchmarks/per_layer.py [--model resnet18] [--n 8] [--seeds 0 1 2] [--out runs/bench-per-layer] [--tiny]
+    python benchmarks/per_layer.py --model mobilenet_v2 --size 64 --baseline-lr 3e-3 --baseline-epochs 10 \
+        --n 20 --k 5 --train-fraction 0.5 --candidates 1 --out runs/bench-per-layer-mnv2
+    python benchmarks/per_layer.py ...the same... --grid 0.2 0.3 0.4   # the allocation knob alone
 
-The task has headroom: scikit-learn's digits upsampled to 32x32 RGB, shifted by up to 3 pixels
-and buried in Gaussian noise (``noisy_digits``; a torchvision ResNet-18 trained 8 epochs stays
-well below 0.99 there: the figures say how far). The model is torchvision's resnet18 (its stages differ in sensitivity).
-Two arms per seed, the baseline trained once per seed and shared:
+The task has headroom: scikit-learn's digits upsampled to ``--size`` pixels square, RGB, shifted by
+up to 3 pixels and buried in Gaussian noise (``noisy_digits``; a torchvision ResNet-18 trained 8
+epochs stays well below 0.99 there: the figures say how far). The model is a torchvision
+classifier whose layers differ in sensitivity: resnet18 (its stages) or mobilenet_v2 (its
+inverted-residual blocks; at 32 pixels its last feature map is 1x1 and it does not train from
+scratch here, so it runs at 64). Two arms per seed, the baseline trained once per seed and shared:
 
   uniform    pruning {none, structured} at one ratio in 0.1..0.6, quantization {none, static_int8},
-             lr in 1e-4..1e-3; 2 epochs on 60% of the training split distilled from the baseline
-             (soft targets, alpha 0.5, T 4), BatchNorm statistics re-estimated after
+             lr in 1e-4..1e-3; 2 epochs on 60% (``--train-fraction``) of the training split distilled
+             from the baseline (soft targets, alpha 0.5, T 4), BatchNorm statistics re-estimated after
   per-layer  the same, plus quantization.keep_float_top_k {0, 1, 2} and pruning.allocation
              {uniform, sensitivity, global}; its sensitivity pass counts in its wall time
 
 Objectives: accuracy (max) and size_mb (min). It prints, mean and spread over seeds: the
 hypervolume (error / 0.6 and size / baseline size, reference 1.1 on each axis, normalised to 1)
 after every k trials and at equal wall time (the uniform arm's), and the best accuracy at equal
-size (at most 30%, 50% and 75% of the baseline's size). ``--tiny`` runs a 2-trial smoke version.
+size (at most 10% ... 75% of the baseline's size: ``SIZES``). ``--tiny`` runs a 2-trial smoke version.
+
+``--grid R...`` isolates ``pruning.allocation`` from the sampler: per seed, with that seed's baseline
+(from an earlier run in ``--out``), the learning rate fixed (``--grid-lr``) and static int8, one
+trial per ratio and allocation (uniform, sensitivity, global); it prints accuracy and size per cell.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import argparse
 import json
 import shutil
 import sys
+import warnings
 import time
 from pathlib import Path
 
@@ -45,8 +55,9 @@ from autocompress.search.study import run_study  # noqa: E402
 from autocompress.spec.config import spec_from_dict  # noqa: E402
 from autocompress.trial.baseline import BASELINE_FILE, BASELINE_METRICS_FILE  # noqa: E402
 
-SIZES = (0.3, 0.5, 0.75)
+SIZES = (0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 0.75)
 ERROR_SCALE = 0.6
+ALLOCATIONS = ("uniform", "sensitivity", "global")
 
 
 def noisy_digits(size: int = 32, noise: float = 0.8, shift: int = 3, seed: int = 0):
@@ -83,17 +94,25 @@ def space(per_layer: bool) -> dict:
     return s
 
 
+def grid_policies(ratios) -> list[dict]:
+    """Structured pruning at each ratio, spread each way, with static int8: the ``--grid`` trials."""
+    return [{"pruning": {"method": "structured", "ratio": r, "allocation": a},
+             "quantization": {"mode": "static_int8", "keep_float_top_k": 0}}
+            for r in ratios for a in ALLOCATIONS]
+
+
 def study(name: str, per_layer: bool, seed: int, args) -> dict:
-    return {"name": name, "model": {"torchvision": "resnet18"},
-            "data": {"factory": "per_layer:noisy_digits", "kwargs": {"noise": args.noise}},
+    return {"name": name, "model": {"torchvision": args.model},
+            "data": {"factory": "per_layer:noisy_digits", "kwargs": {"noise": args.noise, "size": args.size}},
             "search_space": space(per_layer),
             "objectives": [{"metric": "accuracy", "direction": "maximize"},
                            {"metric": "size_mb", "direction": "minimize"}],
             "constraints": [], "budget": {"trials": args.n, "epochs": args.epochs, "timeout": None,
                                           "train_fraction": args.train_fraction},
-            "baseline": {"epochs": args.baseline_epochs, "lr": 1e-3}, "sampler": "tpe", "seed": seed,
+            "baseline": {"epochs": args.baseline_epochs, "lr": args.baseline_lr}, "sampler": "tpe", "seed": seed,
             "target": {"device": "cpu", "batch_size": 1, "threads": 1, "max_time_s": 0.2},
-            "warm_start": {"recipes": False}, "prescreen": False, "early_stopping": "none"}
+            "warm_start": {"recipes": False}, "prescreen": False, "early_stopping": "none",
+            **({"candidates": args.candidates} if args.candidates else {})}
 
 
 def points(trials: list, base: dict) -> list[tuple[float, float, float]]:
@@ -159,22 +178,65 @@ def show(res: dict, args) -> None:
         print(f"   HV at the uniform arm's wall time: {ms(r['hv_at_equal_time'])}")
         print("   best accuracy at size <= f x baseline: " + ", ".join(
             f"{f}: {ms(v)}" for f, v in r["best_acc_at_size"].items()))
-    gain = max(np.nanmean(res["per-layer"]["best_acc_at_size"][f]) - np.nanmean(res["uniform"]["best_acc_at_size"][f])
-               for f in SIZES)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # a size no trial of an arm reached is nan
+        gains = [np.nanmean(res["per-layer"]["best_acc_at_size"][f]) - np.nanmean(res["uniform"]["best_acc_at_size"][f])
+                 for f in SIZES]
+    gain = max((g for g in gains if not np.isnan(g)), default=float("nan"))
     print(f"\n== target: per-layer best accuracy at equal size beats uniform by >= 0.5 points somewhere: "
           f"largest gain {100 * gain:+.2f} points -> {'met' if gain >= 0.005 else 'not met'}")
 
 
+def run_grid(args, seed: int) -> list[dict]:
+    """The per-layer space with the learning rate fixed, one trial per grid policy, the seed's baseline."""
+    out = args.out / f"grid-seed{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for f in (BASELINE_FILE, BASELINE_METRICS_FILE):
+        shutil.copy(args.out / f"baseline-seed{seed}" / f, out / f)
+    policies = grid_policies(args.grid)
+    raw = study(f"grid-seed{seed}", True, seed, args)
+    raw["search_space"]["training"]["lr"] = args.grid_lr
+    raw["warm_start"] = {"recipes": False, "policies": policies}
+    raw["budget"]["trials"], raw["candidates"] = len(policies), 1
+    run = run_study(spec_from_dict(raw, str(Path(__file__).resolve())), out=out, log=lambda m: None)
+    base = study_info(run.study).baseline_metrics
+    rows = []
+    for t in (t for t in read_all(run.study) if not t.baseline and t.state.name == "COMPLETE"):
+        p = t.policy.pruning
+        rows.append({"seed": seed, "ratio": p.ratio, "allocation": p.allocation, "accuracy": t.metrics["accuracy"],
+                     "size": t.metrics["size_mb"] / base["size_mb"], "baseline_acc": base["accuracy"]})
+    return rows
+
+
+def show_grid(rows: list[dict], args) -> None:
+    print("\n== allocation at fixed ratios (static int8, lr fixed): accuracy mean ± std over seeds, size")
+    for r in args.grid:
+        for a in ALLOCATIONS:
+            sel = [x for x in rows if abs(x["ratio"] - r) < 1e-9 and x["allocation"] == a]
+            if sel:
+                acc, size = [x["accuracy"] for x in sel], [x["size"] for x in sel]
+                print(f"   ratio {r:.2f} {a:<11} acc {np.mean(acc):.4f} ± {np.std(acc):.4f} "
+                      f"(seeds {', '.join(f'{v:.3f}' for v in acc)}), size {np.mean(size):.3f} x baseline")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="resnet18", help="a torchvision classifier (resnet18, mobilenet_v2)")
     ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--candidates", type=int, default=None, help="per trial (default: the study default)")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--train-fraction", type=float, default=0.6, help="of the training split, per trial")
     ap.add_argument("--baseline-epochs", type=int, default=8)
+    ap.add_argument("--baseline-lr", type=float, default=1e-3)
+    ap.add_argument("--size", type=int, default=32, help="of noisy_digits' images (mobilenet_v2 needs 64)")
     ap.add_argument("--noise", type=float, default=0.5, help="of noisy_digits")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-per-layer")
+    ap.add_argument("--grid", type=float, nargs="*", default=None,
+                    help="instead of the two arms: these pruning ratios with each allocation (needs baseline-seedN)")
+    ap.add_argument("--grid-lr", type=float, default=3e-4, help="the learning rate of the --grid trials")
     ap.add_argument("--tiny", action="store_true", help="2 trials, one seed, little noise, short training: a smoke run")
     args = ap.parse_args()
     if args.tiny:
@@ -183,6 +245,11 @@ def main() -> None:
     args.out = args.out.resolve()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     torch.set_num_threads(2)
+    if args.grid:
+        grid = [row for seed in args.seeds for row in run_grid(args, seed)]
+        show_grid(grid, args)
+        (args.out / "grid.json").write_text(json.dumps(grid, indent=1))
+        return
     rows = {}
     for seed in args.seeds:
         for arm in ("uniform", "per-layer"):
