@@ -128,6 +128,31 @@ def test_keep_float_by_name_and_per_channel_for_the_top_group(trained, sensitivi
     assert modules["wide.0"].weight().qscheme() == torch.per_tensor_affine
 
 
+def test_torchao_modes_take_per_layer_layouts_by_module_name(trained):
+    """torchao's int8 with dynamic activations: the top group of its own ranking stays float, or
+    takes int8 weight-only (the same Int8Tensor without activation quantization); the rest do not."""
+    model, data = trained
+    ctx = TrialContext(data=data, teacher=model, baseline_metrics={})
+    sens = measure(ctx, ["int8_dynamic_activation"])
+    top = sens.ranking("int8_dynamic_activation")[0]
+    ctx = TrialContext(data=data, teacher=model, baseline_metrics={}, sensitivity=sens)
+    for knobs, top_kind in (({}, "float"), ({"top_k_format": "int8_weight_only"}, "int8_weight_only")):
+        policy = Policy(quantization=QuantizationPolicy(mode="int8_dynamic_activation", keep_float_top_k=1, **knobs))
+        technique = Quantization(policy, ctx, pipeline(policy))
+        out = technique.post_training(technique.compress(copy.deepcopy(model)))
+        per_layer = technique.proof()["quantization"]["per_layer"]
+        assert per_layer == {g: top_kind if g == top else "int8_dynamic_activation" for g in MLP_GROUPS}
+        for name, m in out.named_modules():
+            if isinstance(m, nn.Linear):
+                in_top = name == top or name.startswith(top + ".")
+                kind = type(m.weight).__name__
+                if in_top and top_kind == "float":
+                    assert kind == "Parameter" and m.weight.dtype == torch.float32, name
+                else:
+                    assert kind == "Int8Tensor", name
+                    assert (m.weight.act_quant_kwargs is None) == in_top, name   # weight-only: no activation scales
+
+
 def _pruned(model, sensitivity=None, **knobs):
     policy = Policy(pruning=PruningPolicy(method="structured", **knobs))
     ds = TensorDataset(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)))
