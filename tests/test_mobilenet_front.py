@@ -1,6 +1,6 @@
 """A torchvision MobileNetV2 on a small generated 32x32 image folder: an 8-trial search over
-int8, fp16 and runtimes gives a front of compressed points, and no trial is lost to
-the small prediction differences between two runtimes' kernels."""
+int8, fp16 and runtimes gives a front of compressed points (int8 at a third of the size, fp16 at
+half), and no trial is lost to the small prediction differences between two runtimes' kernels."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from autocompress.cli import app
-from autocompress.search.record import read_all
+from autocompress.search.record import read_all, study_info
 from autocompress.search.results import load_results
 
 CLASSES = ("red", "green", "blue", "yellow")
@@ -57,13 +57,20 @@ def test_mobilenet_v2_front_has_compressed_points_and_no_runtime_noise_failures(
     result = CliRunner().invoke(app, ["search", str(path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     records = [r for r in read_all(load_results(str(tmp_path / "run")).study) if not r.baseline]
-    assert len(records) == 8
-    # no trial failed on the agreement of two runtimes' predictions
-    assert not [r.fail_reason for r in records if r.fail_reason and "agree" in r.fail_reason]
+    assert len(records) == 8 and all(r.state.name == "COMPLETE" for r in records), \
+        [(r.number, r.fail_reason) for r in records]   # none lost, to runtime agreement or anything else
     converted = [r for r in records if r.proof.get("runtime", {}).get("backend") in ("onnxruntime", "torchscript")]
     assert converted and all(r.metrics["top1_agreement"] is not None for r in converted)
+    # each format's effect, measured: int8 weights are a quarter of fp32 (plus scales), fp16 half
+    baseline = study_info(load_results(str(tmp_path / "run")).study).baseline_metrics
+    for r in records:
+        mode = r.policy.quantization.mode
+        limit = {"static_int8": 0.35, "fp16": 0.55, "none": 1.01}[mode]
+        assert r.metrics["size_mb"] <= limit * baseline["size_mb"], (r.number, mode, r.metrics["size_mb"])
     from autocompress.report.front import pareto_front
 
-    front = pareto_front(load_results(str(tmp_path / "run")).study)
-    compressed = [r for r in front.trials if not r.baseline and r.policy_summary != "no compression"]
-    assert len(compressed) >= 3, [(r.number, r.policy_summary, r.values) for r in front.trials]
+    # the front is made of compressed points (the int8 and fp16 ones trade size for accuracy; which
+    # of them survive depends on a few images' worth of accuracy, so only their kind is asserted)
+    front = [r for r in pareto_front(load_results(str(tmp_path / "run")).study).trials if not r.baseline]
+    assert front and all(r.policy.quantization.mode != "none" for r in front), \
+        [(r.number, r.policy_summary, r.values) for r in front]
