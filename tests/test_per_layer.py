@@ -242,8 +242,26 @@ def test_a_per_layer_study_exports_a_model_that_reloads_and_reproduces_its_accur
      "'fp8_weight_only' pairs with no quantization.mode of the space"),
 ])
 def test_bad_per_layer_knobs_are_refused_before_anything_is_written(write_study, tmp_path, trained, space, field, words):
-    study = _study(write_study, tmp_path, trained, **space)
-    run = tmp_path / "run"
+    _refused(_study(write_study, tmp_path, trained, **space), tmp_path / "run", field, words)
+
+
+def test_a_top_k_format_the_installed_torchao_lacks_is_refused(write_study, tmp_path, trained, monkeypatch):
+    """A torchao without fp8 weight-only (as older releases): the whole model's int8 runs, the
+    top group's fp8 cannot."""
+    from types import SimpleNamespace
+
+    from autocompress.compress.quantization import torchao_modes
+
+    real, fp8 = torchao_modes.load(), torchao_modes.CONFIGS["fp8_weight_only"]
+    older = SimpleNamespace(**{k: getattr(real, k) for k in dir(real) if k != fp8 and not k.startswith("__")})
+    monkeypatch.setattr(torchao_modes, "load", lambda: older)
+    study = _study(write_study, tmp_path, trained, mode="int8_weight_only", keep_float_top_k=1,
+                   top_k_format="fp8_weight_only")
+    _refused(study, tmp_path / "run", "search_space.quantization.top_k_format",
+             f"'fp8_weight_only' cannot run on target cpu: the installed torchao has no {fp8}")
+
+
+def _refused(study, run, field, words):
     result = CliRunner().invoke(app, ["search", str(study), "--out", str(run)])
     assert result.exit_code == 2, result.output
     line = result.output.strip().splitlines()[-1]
