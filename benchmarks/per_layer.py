@@ -11,18 +11,22 @@ up to 3 pixels and buried in Gaussian noise (``noisy_digits``; a torchvision Res
 epochs stays well below 0.99 there: the figures say how far). The model is a torchvision
 classifier whose layers differ in sensitivity: resnet18 (its stages) or mobilenet_v2 (its
 inverted-residual blocks; at 32 pixels its last feature map is 1x1 and it does not train from
-scratch here, so it runs at 64). Two arms per seed, the baseline trained once per seed and shared:
+scratch here, so it runs at 64). Arms (``--arms``; uniform and per-layer unless told), the
+baseline trained once per seed and shared:
 
   uniform    pruning {none, structured} at one ratio in 0.1..0.6, quantization {none, static_int8},
              lr in 1e-4..1e-3; 2 epochs on 60% (``--train-fraction``) of the training split distilled
              from the baseline (soft targets, alpha 0.5, T 4), BatchNorm statistics re-estimated after
   per-layer  the same, plus quantization.keep_float_top_k {0, 1, 2} and pruning.allocation
              {uniform, sensitivity, global}; its sensitivity pass counts in its wall time
+  by-sensitivity  the uniform space with pruning.allocation fixed to sensitivity (no trials spent
+             finding it); its sensitivity pass counts too
 
 Objectives: accuracy (max) and size_mb (min). It prints, mean and spread over seeds: the
 hypervolume (error / 0.6 and size / baseline size, reference 1.1 on each axis, normalised to 1)
 after every k trials and at equal wall time (the uniform arm's), and the best accuracy at equal
-size (at most 10% ... 75% of the baseline's size: ``SIZES``). ``--tiny`` runs a 2-trial smoke version.
+size (at most 10% ... 75% of the baseline's size: ``SIZES``), into ``summary-<arms>.json``.
+``--reuse`` reads back arms an earlier run finished in ``--out``. ``--tiny`` runs a 2-trial smoke version.
 
 ``--grid R...`` isolates ``pruning.allocation`` from the sampler: per seed, with that seed's baseline
 (from an earlier run in ``--out``), the learning rate fixed (``--grid-lr``) and static int8, one
@@ -51,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from optuna._hypervolume import compute_hypervolume  # noqa: E402
 
 from autocompress.search.record import read_all, study_info  # noqa: E402
+from autocompress.search.results import load_results  # noqa: E402
 from autocompress.search.study import run_study  # noqa: E402
 from autocompress.spec.config import spec_from_dict  # noqa: E402
 from autocompress.trial.baseline import BASELINE_FILE, BASELINE_METRICS_FILE  # noqa: E402
@@ -81,14 +86,19 @@ def noisy_digits(size: int = 32, noise: float = 0.8, shift: int = 3, seed: int =
     return tuple(TensorDataset(rgb[p], y[p]) for p in parts)
 
 
-def space(per_layer: bool) -> dict:
+ARMS = ("uniform", "per-layer", "by-sensitivity")
+
+
+def space(arm: str) -> dict:
     s = {"pruning": {"method": {"choices": ["none", "structured"]},
                      "ratio": {"low": 0.1, "high": 0.6, "step": 0.05, "when": {"method": ["structured"]}}},
          "quantization": {"mode": {"choices": ["none", "static_int8"]}, "calibration_batches": 4},
          "distillation": {"method": "soft", "alpha": 0.5, "temperature": 4.0},
          "training": {"optimizer": "adamw", "lr": {"low": 1e-4, "high": 1e-3, "log": True}, "batch_size": 64,
                       "bn_recalibration_batches": 8}}
-    if per_layer:
+    if arm == "by-sensitivity":   # the uniform space with the allocation fixed: no trials spent on it
+        s["pruning"]["allocation"] = "sensitivity"
+    if arm == "per-layer":
         s["pruning"]["allocation"] = {"choices": ["uniform", "sensitivity", "global"], "when": {"method": ["structured"]}}
         s["quantization"]["keep_float_top_k"] = {"choices": [0, 1, 2], "when": {"mode": ["static_int8"]}}
     return s
@@ -101,10 +111,10 @@ def grid_policies(ratios) -> list[dict]:
             for r in ratios for a in ALLOCATIONS]
 
 
-def study(name: str, per_layer: bool, seed: int, args) -> dict:
+def study(name: str, arm: str, seed: int, args) -> dict:
     return {"name": name, "model": {"torchvision": args.model},
             "data": {"factory": "per_layer:noisy_digits", "kwargs": {"noise": args.noise, "size": args.size}},
-            "search_space": space(per_layer),
+            "search_space": space(arm),
             "objectives": [{"metric": "accuracy", "direction": "maximize"},
                            {"metric": "size_mb", "direction": "minimize"}],
             "constraints": [], "budget": {"trials": args.n, "epochs": args.epochs, "timeout": None,
@@ -127,16 +137,23 @@ def hv(pts: list[tuple[float, float]]) -> float:
     return float(compute_hypervolume(np.array(scaled), ref)) / 1.21 if scaled else 0.0
 
 
-def run_arm(args, seed: int, per_layer: bool) -> dict:
-    name = f"{'per-layer' if per_layer else 'uniform'}-seed{seed}"
+def run_arm(args, seed: int, arm: str) -> dict:
+    name = f"{arm}-seed{seed}"
     out = args.out / name
+    spec = spec_from_dict(study(name, arm, seed, args), str(Path(__file__).resolve()))
+    if args.reuse and (out / "study.db").is_file():   # an earlier run's finished arm, read back
+        run = load_results(str(out))
+        done = [t for t in read_all(run.study) if not t.baseline]
+        if len(done) < args.n:
+            raise SystemExit(f"--reuse: {out} holds {len(done)} trials, not {args.n}")
+        wall = (done[-1].finished - done[0].started).total_seconds()
+        return collect(out, run, wall)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     shared = args.out / f"baseline-seed{seed}"
-    if (shared / BASELINE_FILE).is_file():   # the same teacher for both arms of a seed
+    if (shared / BASELINE_FILE).is_file():   # the same teacher for every arm of a seed
         for f in (BASELINE_FILE, BASELINE_METRICS_FILE):
             shutil.copy(shared / f, out / f)
-    spec = spec_from_dict(study(name, per_layer, seed, args), str(Path(__file__).resolve()))
     start = time.time()
     run = run_study(spec, out=out, log=lambda m: None)
     wall = time.time() - start
@@ -144,6 +161,10 @@ def run_arm(args, seed: int, per_layer: bool) -> dict:
         shared.mkdir(parents=True, exist_ok=True)
         for f in (BASELINE_FILE, BASELINE_METRICS_FILE):
             shutil.copy(out / f, shared / f)
+    return collect(out, run, wall)
+
+
+def collect(out: Path, run, wall: float) -> dict:
     base = study_info(run.study).baseline_metrics
     trials = [t for t in read_all(run.study) if not t.baseline]
     sens = json.loads((out / "sensitivity.json").read_text()) if (out / "sensitivity.json").is_file() else None
@@ -156,7 +177,7 @@ def run_arm(args, seed: int, per_layer: bool) -> dict:
 
 def summary(rows: dict, args) -> dict:
     out: dict = {}
-    for arm in ("uniform", "per-layer"):
+    for arm in args.arms:
         runs = [rows[(arm, s)] for s in args.seeds]
         at_k = {k: [hv([(e, s) for _, e, s in r["pts"][:k]]) for r in runs] for k in range(args.k, args.n + 1, args.k)}
         budget = [rows[("uniform", s)]["pts"][-1][0] if rows[("uniform", s)]["pts"] else 0 for s in args.seeds]
@@ -178,13 +199,14 @@ def show(res: dict, args) -> None:
         print(f"   HV at the uniform arm's wall time: {ms(r['hv_at_equal_time'])}")
         print("   best accuracy at size <= f x baseline: " + ", ".join(
             f"{f}: {ms(v)}" for f, v in r["best_acc_at_size"].items()))
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)   # a size no trial of an arm reached is nan
-        gains = [np.nanmean(res["per-layer"]["best_acc_at_size"][f]) - np.nanmean(res["uniform"]["best_acc_at_size"][f])
-                 for f in SIZES]
-    gain = max((g for g in gains if not np.isnan(g)), default=float("nan"))
-    print(f"\n== target: per-layer best accuracy at equal size beats uniform by >= 0.5 points somewhere: "
-          f"largest gain {100 * gain:+.2f} points -> {'met' if gain >= 0.005 else 'not met'}")
+    for arm in (a for a in res if a != "uniform"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # a size no trial of an arm reached is nan
+            gains = [np.nanmean(res[arm]["best_acc_at_size"][f]) - np.nanmean(res["uniform"]["best_acc_at_size"][f])
+                     for f in SIZES]
+        gain = max((g for g in gains if not np.isnan(g)), default=float("nan"))
+        print(f"\n== target: {arm} best accuracy at equal size beats uniform by >= 0.5 points somewhere: "
+              f"largest gain {100 * gain:+.2f} points -> {'met' if gain >= 0.005 else 'not met'}")
 
 
 def run_grid(args, seed: int) -> list[dict]:
@@ -195,7 +217,7 @@ def run_grid(args, seed: int) -> list[dict]:
     for f in (BASELINE_FILE, BASELINE_METRICS_FILE):
         shutil.copy(args.out / f"baseline-seed{seed}" / f, out / f)
     policies = grid_policies(args.grid)
-    raw = study(f"grid-seed{seed}", True, seed, args)
+    raw = study(f"grid-seed{seed}", "per-layer", seed, args)
     raw["search_space"]["training"]["lr"] = args.grid_lr
     raw["warm_start"] = {"recipes": False, "policies": policies}
     raw["budget"]["trials"], raw["candidates"] = len(policies), 1
@@ -237,6 +259,9 @@ def main() -> None:
     ap.add_argument("--grid", type=float, nargs="*", default=None,
                     help="instead of the two arms: these pruning ratios with each allocation (needs baseline-seedN)")
     ap.add_argument("--grid-lr", type=float, default=3e-4, help="the learning rate of the --grid trials")
+    ap.add_argument("--arms", nargs="+", choices=ARMS, default=["uniform", "per-layer"],
+                    help="uniform always runs first: its wall time is the equal-time budget")
+    ap.add_argument("--reuse", action="store_true", help="read back arms already finished in --out instead of rerunning")
     ap.add_argument("--tiny", action="store_true", help="2 trials, one seed, little noise, short training: a smoke run")
     args = ap.parse_args()
     if args.tiny:
@@ -250,15 +275,16 @@ def main() -> None:
         show_grid(grid, args)
         (args.out / "grid.json").write_text(json.dumps(grid, indent=1))
         return
+    args.arms = ["uniform"] + [a for a in args.arms if a != "uniform"]
     rows = {}
     for seed in args.seeds:
-        for arm in ("uniform", "per-layer"):
-            rows[(arm, seed)] = run_arm(args, seed, arm == "per-layer")
+        for arm in args.arms:
+            rows[(arm, seed)] = run_arm(args, seed, arm)
             r = rows[(arm, seed)]
             print(f"{arm} seed {seed}: {r['trials']} trials in {r['wall']:.0f} s, {r['failed']} failed", flush=True)
     res = summary(rows, args)
     show(res, args)
-    (args.out / "summary.json").write_text(json.dumps(res, indent=1))
+    (args.out / f"summary-{'-'.join(args.arms)}.json").write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":
