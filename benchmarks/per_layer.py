@@ -99,7 +99,7 @@ def space(arm: str) -> dict:
     if arm == "by-sensitivity":   # the uniform space with the allocation fixed: no trials spent on it
         s["pruning"]["allocation"] = "sensitivity"
     if arm == "per-layer":
-        s["pruning"]["allocation"] = {"choices": ["uniform", "sensitivity", "global"], "when": {"method": ["structured"]}}
+        s["pruning"]["allocation"] = {"choices": list(ALLOCATIONS), "when": {"method": ["structured"]}}
         s["quantization"]["keep_float_top_k"] = {"choices": [0, 1, 2], "when": {"mode": ["static_int8"]}}
     return s
 
@@ -140,7 +140,6 @@ def hv(pts: list[tuple[float, float]]) -> float:
 def run_arm(args, seed: int, arm: str) -> dict:
     name = f"{arm}-seed{seed}"
     out = args.out / name
-    spec = spec_from_dict(study(name, arm, seed, args), str(Path(__file__).resolve()))
     if args.reuse and (out / "study.db").is_file():   # an earlier run's finished arm, read back
         run = load_results(str(out))
         done = [t for t in read_all(run.study) if not t.baseline]
@@ -148,6 +147,7 @@ def run_arm(args, seed: int, arm: str) -> dict:
             raise SystemExit(f"--reuse: {out} holds {len(done)} trials, not {args.n}")
         wall = (done[-1].finished - done[0].started).total_seconds()
         return collect(out, run, wall)
+    spec = spec_from_dict(study(name, arm, seed, args), str(Path(__file__).resolve()))
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     shared = args.out / f"baseline-seed{seed}"
@@ -211,11 +211,13 @@ def show(res: dict, args) -> None:
 
 def run_grid(args, seed: int) -> list[dict]:
     """The per-layer space with the learning rate fixed, one trial per grid policy, the seed's baseline."""
-    out = args.out / f"grid-seed{seed}"
+    out, shared = args.out / f"grid-seed{seed}", args.out / f"baseline-seed{seed}"
+    if not (shared / BASELINE_FILE).is_file():
+        raise SystemExit(f"--grid: no {shared / BASELINE_FILE}; run the arms for seed {seed} with this --out first")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     for f in (BASELINE_FILE, BASELINE_METRICS_FILE):
-        shutil.copy(args.out / f"baseline-seed{seed}" / f, out / f)
+        shutil.copy(shared / f, out / f)
     policies = grid_policies(args.grid)
     raw = study(f"grid-seed{seed}", "per-layer", seed, args)
     raw["search_space"]["training"]["lr"] = args.grid_lr
@@ -257,7 +259,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-per-layer")
     ap.add_argument("--grid", type=float, nargs="*", default=None,
-                    help="instead of the two arms: these pruning ratios with each allocation (needs baseline-seedN)")
+                    help="instead of the arms: these pruning ratios with each allocation (needs baseline-seedN)")
     ap.add_argument("--grid-lr", type=float, default=3e-4, help="the learning rate of the --grid trials")
     ap.add_argument("--arms", nargs="+", choices=ARMS, default=["uniform", "per-layer"],
                     help="uniform always runs first: its wall time is the equal-time budget")
